@@ -1,0 +1,25 @@
+# The two commands of the README: `make serve` and `make test`. Both set up what they need.
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test setup setup-dev train-all evaluate-all
+
+setup:
+	scripts/setup
+
+setup-dev:
+	scripts/setup --dev
+
+serve: setup
+	$(VENV)/bin/genserve serve --host $(HOST) --port $(PORT)
+
+test: setup-dev
+	$(VENV)/bin/python -m pytest
+
+# Reproduce the shipped weights (hours on a CPU; see the cards for the commands and times).
+train-all: setup
+	for m in classifier dcgan vae pixelcnn; do $(VENV)/bin/python -m models.train $$m --resume || exit 1; done
+
+evaluate-all: setup
+	$(VENV)/bin/python -m models.evaluate weights/classifier weights/pixelcnn weights/vae weights/dcgan

@@ -1,0 +1,51 @@
+"""A small CNN classifier: labels generated samples and supplies the features for the Frechet distance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ClassifierConfig:
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    n_classes: int = 10
+    width: int = 32
+    feature_dim: int = 128
+    dropout: float = 0.3
+
+    def __post_init__(self):
+        self.image_shape = tuple(self.image_shape)
+
+
+class Classifier(nn.Module):
+    family = "classifier"
+    Config = ClassifierConfig
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        c, h, w = config.image_shape
+        k = config.width
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        self.body = nn.Sequential(
+            *block(c, k), *block(k, k), nn.MaxPool2d(2),
+            *block(k, 2 * k), *block(2 * k, 2 * k), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * k * (h // 4) * (w // 4), config.feature_dim), nn.ReLU(True),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.feature_dim, config.n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float [B, C, H, W] in [0, 1] -> penultimate features [B, feature_dim]."""
+        return self.body(x * 2 - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, n_classes]."""
+        return self.head(self.dropout(self.features(x)))

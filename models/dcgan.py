@@ -1,0 +1,108 @@
+"""DCGAN (Radford et al. 2016): an implicit density, learnt by an adversarial game.
+
+The paper's guidelines: strided (transposed) convolutions instead of pooling, batchnorm in both
+nets (not on the generator's output nor the discriminator's input), ReLU in the generator with a
+tanh output, LeakyReLU(0.2) in the discriminator; trained with Adam (lr 2e-4, beta1 0.5).
+Sized for any height and width that are multiples of 4 (28x28 starts from a 7x7 map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DCGANConfig:
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    latent_dim: int = 100
+    generator_width: int = 64  # channels of the last hidden layer; x2 and x4 further in
+    discriminator_width: int = 64
+
+    def __post_init__(self):
+        self.image_shape = tuple(self.image_shape)
+        if self.image_shape[1] % 4 or self.image_shape[2] % 4:
+            raise ValueError("DCGAN image height and width must be multiples of 4")
+
+
+def init_weights(module: nn.Module) -> None:
+    """The paper's initialisation: N(0, 0.02) weights, batchnorm scales N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, config: DCGANConfig):
+        super().__init__()
+        c, h, w = config.image_shape
+        g = config.generator_width
+        self.net = nn.Sequential(
+            # z as a 1x1 map -> (h/4, w/4): a "projection and reshape" done as one transposed conv.
+            nn.ConvTranspose2d(config.latent_dim, 4 * g, (h // 4, w // 4), 1, 0, bias=False),
+            nn.BatchNorm2d(4 * g), nn.ReLU(True),
+            nn.ConvTranspose2d(4 * g, 2 * g, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * g), nn.ReLU(True),
+            nn.ConvTranspose2d(2 * g, g, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(g), nn.ReLU(True),
+            nn.Conv2d(g, c, 3, 1, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: DCGANConfig):
+        super().__init__()
+        c, h, w = config.image_shape
+        d = config.discriminator_width
+        self.net = nn.Sequential(
+            nn.Conv2d(c, d, 4, 2, 1),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(d, 2 * d, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * d), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * d, 4 * d, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(4 * d), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(4 * d, 1, (h // 4, w // 4), 1, 0),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float [B, C, H, W] in [0, 1] -> real/fake logits [B]."""
+        return self.net(x * 2 - 1).flatten()
+
+
+class DCGAN(nn.Module):
+    """Both nets; only the generator is needed to serve, and it is all `decode` and `sample` use."""
+
+    family = "dcgan"
+    Config = DCGANConfig
+
+    def __init__(self, config: DCGANConfig):
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+        self.apply(init_weights)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, latent_dim] -> images, float [B, C, H, W] in [0, 1]."""
+        return (self.generator(z) + 1) / 2
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws of z ~ N(0, I), on the CPU so a seed means the same z on every device."""
+        return torch.randn(n, self.config.latent_dim, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = self.sample_latents(n, generator).to(next(self.parameters()).device)
+        return self.decode(z)

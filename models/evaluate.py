@@ -1,0 +1,198 @@
+"""Evaluate a checkpoint on the test split and write the figures into its card.
+
+    python -m models.evaluate weights/pixelcnn      # test NLL (bits/dim) + sample quality
+    python -m models.evaluate weights/vae           # test ELBO (nats, bits/dim) + sample quality
+    python -m models.evaluate weights/dcgan         # sample quality + class latents
+    python -m models.evaluate weights/classifier    # test accuracy
+
+Sample quality is measured in the feature space of the small classifier in `weights/classifier`
+(trained by `python -m models.train classifier`): the Frechet distance between generated samples
+and the test images, the same distance between the test and the train images (the floor a
+perfect generator would reach), and the classes the classifier gives the samples. For VAE and
+DCGAN it also stores each class's mean latent in the card, for `{"class": ...}` latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models.checkpoint import load_checkpoint, update_card
+from models.data import ImageDataset, load_dataset, to_float
+
+DEFAULT_CLASSIFIER = Path("weights/classifier")
+
+
+def batches(images: torch.Tensor, batch_size: int, desc: str, quiet: bool):
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=quiet, mininterval=5):
+        yield to_float(images[start:start + batch_size])
+
+
+@torch.no_grad()
+def features_of(classifier: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier features and predicted class probabilities for float images in [0, 1]."""
+    device = next(classifier.parameters()).device
+    feats, probs = [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device)
+        f = classifier.features(x)
+        feats.append(f.double().cpu())
+        probs.append(torch.softmax(classifier.head(f), dim=1).cpu())
+    return torch.cat(feats), torch.cat(probs)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets [N, D]."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # Tr((S_a S_b)^(1/2)) = sum of sqrt(eig(S_a^(1/2) S_b S_a^(1/2))), a symmetric PSD matrix.
+    eigvals, eigvecs = torch.linalg.eigh(cov_a)
+    sqrt_a = eigvecs @ torch.diag(eigvals.clamp(min=0).sqrt()) @ eigvecs.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def class_report(probs: torch.Tensor, classes: list[str]) -> dict:
+    """The share of samples per predicted class and that distribution's entropy (nats)."""
+    counts = torch.bincount(probs.argmax(1), minlength=len(classes)).double()
+    share = counts / counts.sum()
+    entropy = float(-(share[share > 0] * share[share > 0].log()).sum())
+    return {"class_shares": {c: round(float(s), 4) for c, s in zip(classes, share)},
+            "class_entropy_nats": round(entropy, 4), "class_entropy_max_nats": round(math.log(len(classes)), 4),
+            "classes_found": int((counts > 0).sum())}
+
+
+@torch.no_grad()
+def generate(model: nn.Module, n: int, seed: int, batch_size: int, quiet: bool) -> torch.Tensor:
+    """n samples in fixed-seed batches (the PixelCNN's with a uniform class prior)."""
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc="sampling", disable=quiet, mininterval=5):
+        generator = torch.Generator().manual_seed(seed + start)
+        out.append(model.sample(min(batch_size, n - start), generator=generator).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: bool) -> dict:
+    """Test NLL in nats per image and bits/dim: exact for PixelCNN, the ELBO bound for the VAE."""
+    device = next(model.parameters()).device
+    dims = test.images[0].numel()
+    total, kl_total = 0.0, 0.0
+    generator = torch.Generator(device=device).manual_seed(0)
+    for x in batches(test.images, batch_size, "test likelihood", quiet):
+        x = x.to(device)
+        if model.family == "pixelcnn":
+            total += float(model.log_prob(x).sum())
+        else:
+            terms = model.elbo(x, generator=generator)
+            total += float(terms["elbo"].sum())
+            kl_total += float(terms["kl"].sum())
+    nll = -total / len(test)
+    out = {"test_nll_nats": round(nll, 3), "test_bits_per_dim": round(nll / (dims * math.log(2)), 4)}
+    if model.family == "vae":
+        out = {"test_elbo_nats": round(-nll, 3), "test_bits_per_dim": out["test_bits_per_dim"],
+               "test_kl_nats": round(kl_total / len(test), 3),
+               "bound": "ELBO: an upper bound on the NLL, one posterior sample per image"}
+    return out
+
+
+@torch.no_grad()
+def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, quiet: bool,
+                  n_generated: int = 20000, confidence: float = 0.9) -> dict:
+    """Each class's mean and std latent: VAE from the encoder means of the train images,
+    DCGAN from generated samples that the classifier assigns to the class with high confidence."""
+    device = next(model.parameters()).device
+    if model.family == "vae":
+        mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])
+        labels = train.labels
+    else:
+        z = model.sample_latents(n_generated, torch.Generator().manual_seed(99))
+        images = torch.cat([model.decode(z[i:i + 500].to(device)).cpu() for i in range(0, n_generated, 500)])
+        _, probs = features_of(classifier, images)
+        best, labels = probs.max(1)
+        keep = best >= confidence
+        mus, labels = z[keep], labels[keep]
+    result = {}
+    for index, name in enumerate(train.classes):
+        members = mus[labels == index]
+        if len(members) < 2:
+            continue
+        result[name] = {"mean": [round(float(v), 5) for v in members.mean(0)],
+                        "std": [round(float(v), 5) for v in members.std(0)],
+                        "count": int(len(members))}
+    return result
+
+
+@torch.no_grad()
+def class_mean_accuracy(model: nn.Module, classifier: nn.Module, latents: dict, classes: list[str]) -> float:
+    """How many class-mean latents decode to an image the classifier gives that class."""
+    device = next(model.parameters()).device
+    names = [c for c in classes if c in latents]
+    z = torch.tensor([latents[c]["mean"] for c in names], device=device)
+    _, probs = features_of(classifier, model.decode(z).cpu())
+    return sum(int(p.argmax()) == classes.index(c) for p, c in zip(probs, names)) / max(1, len(names))
+
+
+def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
+             limit: int | None = None, device: str = "cpu", quiet: bool = False, data_dir: str | None = None) -> dict:
+    model, card = load_checkpoint(path, device)
+    test = load_dataset(card["dataset"], "test", data_dir, limit=limit)
+    metrics: dict = {}
+    if model.family == "classifier":
+        _, probs = features_of(model, to_float(test.images).to(device))
+        metrics["test_accuracy"] = round(float((probs.argmax(1) == test.labels).double().mean()), 4)
+        update_card(path, metrics=metrics)
+        return metrics
+    if model.family in ("pixelcnn", "vae"):
+        metrics.update(likelihood(model, test, 100 if model.family == "pixelcnn" else 500, quiet))
+    classifier, _ = load_checkpoint(classifier_path, device)
+    train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
+    test_feats, _ = features_of(classifier, to_float(test.images))
+    train_feats, _ = features_of(classifier, to_float(train.images))
+    n = n_samples or (1000 if model.family == "pixelcnn" else 10000)
+    samples = generate(model, n, seed=0, batch_size=100 if model.family == "pixelcnn" else 500, quiet=quiet)
+    sample_feats, sample_probs = features_of(classifier, samples)
+    metrics.update({
+        "frechet_distance": round(frechet_distance(sample_feats, test_feats), 3),
+        "frechet_distance_test_vs_train": round(frechet_distance(test_feats, train_feats), 3),
+        "frechet_samples": n,
+        "frechet_feature_space": f"{classifier_path.name} penultimate layer ({test_feats.shape[1]} dims)",
+        **class_report(sample_probs, test.classes),
+    })
+    fields = {"metrics": metrics}
+    if model.family in ("vae", "dcgan"):
+        latents = class_latents(model, classifier, train, quiet)
+        metrics["class_mean_decodes_to_class"] = round(class_mean_accuracy(model, classifier, latents, test.classes), 3)
+        fields["class_latents"] = latents
+    update_card(path, **fields)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, nargs="+", help="checkpoint folders, e.g. weights/vae")
+    parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    parser.add_argument("--samples", type=int, help="generated samples for the Frechet distance")
+    parser.add_argument("--limit", type=int, help="use the first N images of each split (quick checks)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for path in args.checkpoint:
+        metrics = evaluate(path, args.classifier, args.samples, args.limit, args.device, args.quiet, args.data_dir)
+        print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

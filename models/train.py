@@ -1,0 +1,371 @@
+"""Train a model family and write a servable checkpoint.
+
+    python -m models.train dcgan --out weights/dcgan
+    python -m models.train pixelcnn --epochs 10 --set channels=32 --resume
+    torchrun --nproc-per-node 4 -m models.train vae --out weights/vae     # data-parallel (DDP)
+
+Defaults come from `models/configs/<family>.json` (the settings that produced the shipped
+weights); flags override them. Every epoch (and every `--save-minutes` within one) the training
+state goes to `--state-dir` for `--resume`, and the weights, card and a sample grid to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from models.checkpoint import FAMILIES, build_model, save_checkpoint
+from models.data import load_dataset, to_float
+from models.dcgan import DCGAN
+from models.grid import save_grid
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PREVIEW_SEED = 1234
+
+
+# -- objectives: one per kind of training -------------------------------------------------------
+
+class Objective(nn.Module):
+    """Wraps a model so that its loss is computed in forward(), which is what DDP synchronises."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        m, dims = self.model, x[0].numel()
+        if m.family == "pixelcnn":
+            nll = -m.log_prob(x, y if m.config.n_classes else None).mean()
+            return nll / dims, {"bits_per_dim": (nll / (dims * math.log(2))).item()}
+        if m.family == "vae":
+            terms = m.elbo(x)
+            loss = -terms["elbo"].mean()
+            return loss / dims, {"bits_per_dim": (loss / (dims * math.log(2))).item(),
+                                 "kl": terms["kl"].mean().item()}
+        if m.family == "classifier":
+            logits = m(x)
+            return F.cross_entropy(logits, y), {"accuracy": (logits.argmax(1) == y).float().mean().item()}
+        raise ValueError(f"no single-loss objective for {m.family}")
+
+
+class LossTrainer:
+    """PixelCNN, VAE and the classifier: one loss, one Adam."""
+
+    def __init__(self, model: nn.Module, args, distributed: bool):
+        self.model = model
+        objective = Objective(model)
+        self.objective = DistributedDataParallel(objective) if distributed else objective
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+        self.grad_clip = args.grad_clip
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
+        self.model.train()
+        loss, logs = self.objective(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item(), **logs}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def export(self) -> nn.Module:
+        return self.model
+
+
+class GANTrainer:
+    """DCGAN: the non-saturating game, plus an exponential moving average of the generator
+    (what is shipped; its batchnorm statistics are re-estimated before each export)."""
+
+    def __init__(self, model: DCGAN, args, distributed: bool):
+        self.model = model
+        wrap = DistributedDataParallel if distributed else (lambda m: m)
+        self.generator = wrap(model.generator)
+        self.discriminator = wrap(model.discriminator)
+        betas = (args.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(model.generator.parameters(), lr=args.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=args.lr, betas=betas)
+        self.ema = build_model("dcgan", dataclasses.asdict(model.config)).generator.to(args.device)
+        self.ema.load_state_dict(model.generator.state_dict())
+        self.ema_decay = args.ema
+        self.latent_dim = model.config.latent_dim
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
+        self.model.train()
+        b = x.shape[0]
+        z = torch.randn(b, self.latent_dim, generator=noise).to(x.device)
+        fake = (self.generator(z) + 1) / 2
+        ones, zeros = torch.ones(b, device=x.device), torch.zeros(b, device=x.device)
+        # Discriminator: real -> 1, fake -> 0.
+        d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
+        loss_d = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # Generator: make the discriminator say 1 on fakes (the non-saturating loss).
+        loss_g = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.model.generator.parameters()):
+                p_ema.lerp_(p, 1 - self.ema_decay)
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_g, self.opt_d]
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    @torch.no_grad()
+    def export(self, batches: int = 50, batch_size: int = 256) -> nn.Module:
+        """A DCGAN whose generator is the EMA one, with batchnorm statistics measured on it."""
+        device = next(self.ema.parameters()).device
+        exported = build_model("dcgan", dataclasses.asdict(self.model.config)).to(device)
+        exported.load_state_dict(self.model.state_dict())
+        exported.generator.load_state_dict(self.ema.state_dict())
+        generator = exported.generator.train()
+        for module in generator.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the batches below
+        calibration = torch.Generator().manual_seed(0)
+        for _ in range(batches):
+            generator(torch.randn(batch_size, self.latent_dim, generator=calibration).to(device))
+        for module in generator.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
+        return exported.eval()
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument("--preset", type=Path, help="JSON of defaults (default: models/configs/FAMILY.json)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override model config fields, e.g. channels=32 n_layers=5")
+    parser.add_argument("--dataset", default=None, choices=["fashion-mnist", "mnist"])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr-decay", type=float, help="learning rate multiplier per epoch")
+    parser.add_argument("--beta1", type=float)
+    parser.add_argument("--grad-clip", type=float)
+    parser.add_argument("--ema", type=float, help="generator EMA decay (dcgan)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", type=Path, help="checkpoint folder (default weights/FAMILY)")
+    parser.add_argument("--state-dir", type=Path, help="resumable training state (default runs/NAME)")
+    parser.add_argument("--resume", action="store_true", help="continue from --state-dir if it holds a state")
+    parser.add_argument("--save-minutes", type=float, help="also save the state this often within an epoch")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    preset_path = args.preset or CONFIG_DIR / f"{args.family}.json"
+    preset = json.loads(preset_path.read_text()) if preset_path.exists() else {}
+    for key, value in preset.get("train", {}).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    defaults = dict(dataset="fashion-mnist", epochs=1, batch_size=64, lr=1e-3, lr_decay=1.0, beta1=0.9,
+                    grad_clip=0.0, ema=0.999, seed=0, save_minutes=10.0)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.model_config = dict(preset.get("model", {}))
+    for item in args.set:
+        key, _, value = item.partition("=")
+        args.model_config[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+    args.out = args.out or Path("weights") / args.family
+    args.state_dir = args.state_dir or Path("runs") / args.out.name
+    return args
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    if distributed:  # launched by torchrun
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    args.device = device
+    torch.manual_seed(args.seed + rank)
+    is_main = rank == 0
+
+    train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit)
+    model_config = {"image_shape": list(train.image_shape), **args.model_config}
+    if args.family in ("pixelcnn",) and model_config.get("n_classes") == "dataset":
+        model_config["n_classes"] = len(train.classes)
+    if args.family == "classifier":
+        model_config.setdefault("n_classes", len(train.classes))
+    model = build_model(args.family, model_config).to(device)
+    trainer = GANTrainer(model, args, distributed) if args.family == "dcgan" else LossTrainer(model, args, distributed)
+
+    state_file = args.state_dir / "state.pt"
+    progress = {"epoch": 0, "batch": 0, "step": 0, "wall_time_s": 0.0, "history": []}
+    noise = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    if args.resume and state_file.exists():
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        trainer.load_state_dict(state["trainer"])
+        progress = state["progress"]
+        noise.set_state(state["noise"])
+        if is_main:
+            print(f"resumed from {state_file}: epoch {progress['epoch']}, batch {progress['batch']}, "
+                  f"step {progress['step']}", flush=True)
+
+    def save(final_of_epoch: bool) -> None:
+        if not is_main:
+            return
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"trainer": trainer.state_dict(), "progress": progress, "noise": noise.get_state()},
+                   args.state_dir / "state.pt.tmp")
+        os.replace(args.state_dir / "state.pt.tmp", state_file)
+        exported = trainer.export()
+        save_checkpoint(exported, args.out, {
+            "name": args.out.name,
+            "dataset": args.dataset,
+            "classes": train.classes,
+            "image_shape": list(train.image_shape),
+            "training": {
+                "command": "python -m models.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+                "epochs": progress["epoch"] + progress["batch"] / batches_per_epoch,
+                "steps": progress["step"],
+                "batch_size": args.batch_size * world,
+                "world_size": world,
+                "wall_time_s": round(progress["wall_time_s"], 1),
+                "hardware": hardware(device),
+                "torch": torch.__version__,
+                "seed": args.seed,
+                "train_images": len(train),
+                "history": progress["history"],
+                "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+            "metrics": {},
+        })
+        if final_of_epoch:
+            preview = sample_preview(exported, device)
+            if preview is not None:
+                save_grid(preview, args.out / "samples.png", nrow=8)
+
+    batches_per_epoch = len(train) // (args.batch_size * world)
+    if batches_per_epoch == 0:
+        raise SystemExit(f"error: {len(train)} images are fewer than one batch of {args.batch_size * world}")
+    last_save = time.monotonic()
+    done = False
+    while progress["epoch"] < args.epochs and not done:
+        epoch = progress["epoch"]
+        for group_opt in trainer.optimizers():
+            for group in group_opt.param_groups:
+                group["lr"] = args.lr * args.lr_decay ** epoch
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 7919 + epoch))
+        bar = tqdm(range(progress["batch"], batches_per_epoch), desc=f"{args.family} epoch {epoch + 1}/{args.epochs}",
+                   disable=args.quiet or not is_main, mininterval=5, dynamic_ncols=True)
+        totals: dict[str, float] = {}
+        for batch in bar:
+            start = time.monotonic()
+            global_index = order[(batch * world + rank) * args.batch_size:(batch * world + rank + 1) * args.batch_size]
+            x = to_float(train.images[global_index]).to(device)
+            y = train.labels[global_index].to(device)
+            logs = trainer.step(x, y, noise)
+            progress["step"] += 1
+            progress["batch"] = batch + 1
+            progress["wall_time_s"] += time.monotonic() - start
+            for k, v in logs.items():
+                totals[k] = totals.get(k, 0.0) + v
+            if batch % 20 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            if args.max_steps and progress["step"] >= args.max_steps:
+                done = True
+                break
+            if time.monotonic() - last_save > args.save_minutes * 60 and batch + 1 < batches_per_epoch:
+                save(final_of_epoch=False)
+                last_save = time.monotonic()
+        if progress["batch"] >= batches_per_epoch:
+            progress["history"].append({"epoch": epoch + 1, **{k: round(v / len(bar), 4) for k, v in totals.items()}}
+                                       if len(bar) else {"epoch": epoch + 1})
+            progress["epoch"] += 1
+            progress["batch"] = 0
+            if is_main:
+                print(json.dumps({"event": "epoch", "family": args.family, **progress["history"][-1],
+                                  "step": progress["step"], "wall_time_s": round(progress["wall_time_s"])}),
+                      flush=True)
+        save(final_of_epoch=True)
+        last_save = time.monotonic()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def sample_preview(model: nn.Module, device: torch.device) -> torch.Tensor | None:
+    """A fixed-seed 8x8 grid of samples (8x2 for PixelCNN, whose sampling is slow)."""
+    generator = torch.Generator().manual_seed(PREVIEW_SEED)
+    if model.family in ("vae", "dcgan"):
+        return model.sample(64, generator=generator)
+    if model.family == "pixelcnn":
+        cond = torch.arange(16) % model.config.n_classes if model.config.n_classes else None
+        return model.sample(16, generator=generator, cond=cond)
+    return None
+
+
+if __name__ == "__main__":
+    main()

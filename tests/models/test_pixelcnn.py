@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+
+from models.pixelcnn import PixelCNN, PixelCNNConfig
+
+
+def small(n_classes=0, image_shape=(1, 12, 12)) -> PixelCNN:
+    torch.manual_seed(0)
+    config = PixelCNNConfig(image_shape=image_shape, channels=8, n_layers=3, kernel_size=5,
+                            head_channels=16, n_classes=n_classes)
+    return PixelCNN(config).double().eval()
+
+
+@pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])
+def test_outputs_are_causal_in_raster_order(image_shape):
+    """d logits(i) / d x(j) is exactly zero for every j at or after i, and nonzero for some j before."""
+    model = small(image_shape=image_shape)
+    c, h, w = image_shape
+    x = torch.rand(1, c, h, w, dtype=torch.double, requires_grad=True)
+    logits = model(x)
+    for i, j in [(0, 0), (0, 5), (4, 0), (5, 6), (h - 1, w - 1)]:
+        (grad,) = torch.autograd.grad(logits[0, :, :, i, j].sum(), x, retain_graph=True)
+        per_pixel = grad[0].abs().sum(0).flatten()  # over channels: a pixel's channels are independent
+        position = i * w + j
+        assert per_pixel[position:].max() == 0, f"pixel {(i, j)} sees itself or the future"
+        if position > 0:
+            assert per_pixel[:position].max() > 0, f"pixel {(i, j)} sees nothing of the past"
+
+
+def test_no_blind_spot_within_the_receptive_field():
+    """Pixels up and to the right of (i, j) are seen (the original PixelCNN's blind spot)."""
+    model = small()
+    x = torch.rand(1, 1, 12, 12, dtype=torch.double, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x)[0, 0, :, 6, 4].sum(), x)
+    assert grad[0, 0, 5, 4 + 3].abs() > 0 and grad[0, 0, 4, 4 + 4].abs() > 0
+
+
+def test_log_prob_is_a_normalised_discrete_density():
+    model = small(image_shape=(1, 1, 2))
+    model.config.levels = 256
+    # Exact normalisation over all 256^2 images of two pixels.
+    values = torch.arange(256, dtype=torch.double) / 255
+    grid = torch.cartesian_prod(values, values).view(-1, 1, 1, 2)
+    with torch.no_grad():
+        total = torch.logsumexp(model.log_prob(grid), 0)
+    assert abs(float(total)) < 1e-9
+
+
+def test_class_marginal_is_the_mean_of_the_conditionals():
+    model = small(n_classes=3)
+    x = (torch.rand(2, 1, 12, 12, dtype=torch.double) * 255).round() / 255
+    per_class = torch.stack([model.log_prob(x, torch.full((2,), y)) for y in range(3)])
+    shift = per_class.max(0).values  # log-probs of whole images underflow exp()
+    expected = shift + torch.log((per_class - shift).exp().mean(0))
+    torch.testing.assert_close(model.log_prob(x), expected)
+    assert PixelCNN.bits_per_dim(model.log_prob(x), 144).min() > 0
+
+
+def test_samples_lie_on_the_8bit_grid_and_the_seed_fixes_them():
+    model = small()
+    a = model.sample(3, generator=torch.Generator().manual_seed(5))
+    b = model.sample(3, generator=torch.Generator().manual_seed(5))
+    c = model.sample(3, generator=torch.Generator().manual_seed(6))
+    assert a.shape == (3, 1, 12, 12)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a * 255, (a * 255).round()) and a.min() >= 0 and a.max() <= 1
+
+
+@pytest.mark.parametrize("n_classes", [0, 4])
+def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(n_classes):
+    model = small(n_classes=n_classes)
+    noise, cond = model.draw_noise(4, torch.Generator().manual_seed(11))
+    fast = model.sample_from_noise(noise.double(), 0.9, cond, fast=True)
+    naive = model.sample_from_noise(noise.double(), 0.9, cond, fast=False)
+    assert torch.equal(fast, naive)
+
+
+def test_a_sample_does_not_depend_on_its_batch():
+    model = small()
+    noise, _ = model.draw_noise(4, torch.Generator().manual_seed(2))
+    together = model.sample_from_noise(noise.double())
+    alone = model.sample_from_noise(noise[2:3].double())
+    assert torch.equal(together[2:3], alone)
+
+
+def test_complete_keeps_the_known_pixels_and_samples_the_rest():
+    model = small()
+    x = (torch.rand(2, 1, 12, 12, dtype=torch.double) * 255).round() / 255
+    known = torch.zeros(2, 1, 12, 12, dtype=torch.bool)
+    known[:, :, :6] = True
+    out = model.complete(x, known, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, :6], x[:, :, :6])
+    assert not torch.equal(out[:, :, 6:], x[:, :, 6:])
+    naive = model.complete(x, known, generator=torch.Generator().manual_seed(0), fast=False)
+    assert torch.equal(out, naive)
+
+
+def test_low_temperature_concentrates_on_the_mode():
+    model = small()
+    noise, _ = model.draw_noise(2, torch.Generator().manual_seed(0))
+    cold = model.sample_from_noise(noise.double(), temperature=1e-3)
+    logits = model(cold)
+    mode = logits.argmax(2).double() / 255
+    assert torch.equal(cold, mode)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        PixelCNN(PixelCNNConfig(kernel_size=4))
+    assert math.isclose(float(PixelCNN.bits_per_dim(torch.tensor(-784 * math.log(2)), 784)), 1.0)

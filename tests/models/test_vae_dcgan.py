@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from models.classifier import Classifier, ClassifierConfig
+from models.dcgan import DCGAN, DCGANConfig
+from models.vae import VAE, VAEConfig, discretized_logistic_log_prob
+
+
+def test_discretized_logistic_is_a_distribution_over_the_256_levels():
+    levels = torch.arange(256, dtype=torch.double) / 255
+    for mean, log_scale in [(0.0, -3.0), (0.4, -5.0), (1.0, -1.0), (0.73, -7.0)]:
+        logp = discretized_logistic_log_prob(levels, torch.tensor(mean, dtype=torch.double),
+                                             torch.tensor(log_scale, dtype=torch.double))
+        assert torch.isfinite(logp).all()
+        assert abs(float(logp.exp().sum()) - 1) < 1e-9
+        assert int(logp.argmax()) == round(min(max(mean, 0), 1) * 255)
+
+
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32)])
+def test_vae_shapes_ranges_and_a_proper_bound(image_shape):
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(image_shape=image_shape, latent_dim=8, width=8, hidden=32)).eval()
+    x = (torch.rand(4, *image_shape) * 255).round() / 255
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (4, 8)
+    images = model.decode(mu)
+    assert images.shape == (4, *image_shape) and images.min() >= 0 and images.max() <= 1
+    terms = model.elbo(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(terms["elbo"], terms["reconstruction"] - terms["kl"])
+    assert (terms["kl"] >= 0).all() and (terms["reconstruction"] < 0).all()
+    again = model.elbo(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(terms["elbo"], again["elbo"])
+
+
+@pytest.mark.parametrize("family", [VAE, DCGAN])
+def test_same_seed_same_samples(family):
+    torch.manual_seed(0)
+    model = family(family.Config()).eval()
+    a = model.sample(3, generator=torch.Generator().manual_seed(1))
+    b = model.sample(3, generator=torch.Generator().manual_seed(1))
+    c = model.sample(3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    z = model.sample_latents(3, torch.Generator().manual_seed(1))
+    assert z.shape == (3, model.latent_dim) and torch.equal(model.decode(z), a)
+
+
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (3, 32, 32), (1, 64, 48)])
+def test_dcgan_shapes_and_ranges(image_shape):
+    model = DCGAN(DCGANConfig(image_shape=image_shape, generator_width=8, discriminator_width=8)).eval()
+    images = model.sample(2, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, *image_shape) and images.min() >= 0 and images.max() <= 1
+    assert model.discriminator(images).shape == (2,)
+
+
+def test_sizes_that_are_not_multiples_of_4_are_refused():
+    with pytest.raises(ValueError, match="multiples of 4"):
+        DCGANConfig(image_shape=(1, 30, 28))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        VAEConfig(image_shape=(1, 28, 30))
+
+
+def test_classifier_features_and_logits():
+    model = Classifier(ClassifierConfig()).eval()
+    x = torch.rand(5, 1, 28, 28)
+    assert model.features(x).shape == (5, 128) and model(x).shape == (5, 10)
