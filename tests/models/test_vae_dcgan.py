@@ -63,3 +63,14 @@ def test_classifier_features_and_logits():
     model = Classifier(ClassifierConfig()).eval()
     x = torch.rand(5, 1, 28, 28)
     assert model.features(x).shape == (5, 128) and model(x).shape == (5, 10)
+
+
+def test_slerp_keeps_the_ends_and_the_norm_of_orthogonal_latents():
+    from models.latent import lerp, slerp
+    a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
+    path = slerp(a, b, torch.linspace(0, 1, 5))
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
+    torch.testing.assert_close(path.norm(dim=1), torch.full((5,), 3.0))
+    assert lerp(a, b, torch.tensor([0.5])).norm() < 3.0
+    torch.testing.assert_close(slerp(a, 2 * a, torch.tensor([0.5])), lerp(a, 2 * a, torch.tensor([0.5])))
