@@ -1,0 +1,67 @@
+"""Settings: the one place the service reads its environment (`GENSERVE_*`).
+
+Everything else gets them passed down: `create_app(settings)` puts them on `app.state`, and the
+routes reach them through a dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENSERVE_", extra="ignore")
+
+    weights_dir: Path = Field(Path("weights"), description="folder of checkpoints, one sub-folder per model")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for inference (default: torch's)")
+
+    # Request limits, reported by GET /v1/models.
+    max_n: int = Field(64, ge=1, description="most images one request may ask for")
+    max_n_pixelcnn: int = Field(16, ge=1, description="most images one PixelCNN request may ask for")
+    max_steps: int = Field(32, ge=2, description="most steps of an interpolation")
+    max_terms: int = Field(16, ge=1, description="most terms of latent arithmetic, or seeds of one latent")
+    max_image_bytes: int = Field(MiB, ge=1, description="largest decoded image upload")
+    max_body_bytes: int = Field(2 * MiB, ge=1, description="largest request body; more is answered 413")
+
+    # The inference worker.
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests to merge")
+    max_batch: int = Field(256, ge=1, description="most images in one merged forward pass")
+    queue_size: int = Field(256, ge=1, description="most requests waiting; more are answered 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (comma-separated or a JSON list); none by default")
+    admin_token: SecretStr | None = Field(None, description="bearer token for /v1/admin/*; admin is off when unset")
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):  # a JSON list, or origins separated by commas
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    def limits(self) -> dict:
+        """The limits a client may need to know, as GET /v1/models reports them."""
+        return {
+            "max_n": self.max_n,
+            "max_n_pixelcnn": self.max_n_pixelcnn,
+            "max_steps": self.max_steps,
+            "max_terms": self.max_terms,
+            "max_image_bytes": self.max_image_bytes,
+            "max_body_bytes": self.max_body_bytes,
+        }

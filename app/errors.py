@@ -1,0 +1,103 @@
+"""The service's errors and how each is answered: a clear 4xx (or 503/504), never a stray 500."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from app.registry import UnknownModel
+from app.worker import InferenceTimeout, QueueFull
+
+log = logging.getLogger("genserve.errors")
+
+RETRY_AFTER_S = 1
+ECHO_LIMIT = 200  # longest input string echoed back in a 422
+
+
+class InputError(Exception):
+    """Input that passed the schema but not the model (a vector of the wrong length, an unknown
+    class, an unreadable image...): answered 422 in the same shape as FastAPI's schema errors."""
+
+    def __init__(self, loc: tuple | list, msg: str):
+        super().__init__(msg)
+        self.loc = list(loc)
+        self.msg = msg
+
+
+class CapabilityError(Exception):
+    """The model cannot do what was asked: answered 400."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request waited; nobody reads the answer."""
+
+
+def json_safe(value):
+    """A JSON-serialisable copy of an error's input: non-finite floats and bytes as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        return value[:ECHO_LIMIT] + "..."
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _detail(status: int, detail, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own handler would serialise NaN from the input with allow_nan=False: a 500.
+    errors = [{key: json_safe(value) for key, value in error.items() if key != "url"} for error in exc.errors()]
+    return _detail(422, errors)
+
+
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return _detail(422, [{"type": "value_error", "loc": exc.loc, "msg": exc.msg}])
+
+
+async def _capability_error(request: Request, exc: CapabilityError) -> JSONResponse:
+    return _detail(400, str(exc))
+
+
+async def _unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
+    return _detail(404, exc.args[0])
+
+
+async def _queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+    return _detail(503, f"{exc}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _timeout(request: Request, exc: InferenceTimeout) -> JSONResponse:
+    return _detail(504, str(exc))
+
+
+async def _disconnected(request: Request, exc: ClientDisconnected) -> Response:
+    return Response(status_code=499)  # nginx's "client closed request"; nobody receives it
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    return _detail(500, "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(CapabilityError, _capability_error)
+    app.add_exception_handler(UnknownModel, _unknown_model)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(InferenceTimeout, _timeout)
+    app.add_exception_handler(ClientDisconnected, _disconnected)
+    app.add_exception_handler(Exception, _unexpected)

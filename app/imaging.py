@@ -1,0 +1,95 @@
+"""Images in and out: the PNGs the service answers with, and safe decoding of uploads.
+
+Outgoing PNGs come from `models.grid` (the project's one encoder). Uploads are PNG or JPEG, at
+most `max_image_bytes` decoded and MAX_PIXELS declared, one frame. They are converted to the
+model's channels (16-bit scaled to 8-bit, palettes expanded, alpha composited over black, the
+background of the training data; colour to gray by ITU-R 601 luma) and stretched to the model's
+height and width with Pillow's bilinear filter (antialiased when shrinking; the aspect ratio is
+not kept). The result lies on the 8-bit grid, as the training data does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.grid import make_grid, png_bytes, to_uint8
+
+MAX_PIXELS = 4096 * 4096  # refuse before decoding: a small file may declare a huge image (a bomb)
+FORMATS = ("PNG", "JPEG")
+RESAMPLE = Image.Resampling.BILINEAR
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,")
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image; the message says why."""
+
+
+# -- out ----------------------------------------------------------------------------------------
+
+def grid_png(images: torch.Tensor, nrow: int | None = None) -> bytes:
+    """float [N, C, H, W] in [0, 1] -> one PNG grid, 2 px padding, nrow images a row."""
+    return png_bytes(make_grid(images, nrow=nrow))
+
+
+def pngs_base64(images: torch.Tensor) -> list[str]:
+    """float [N, C, H, W] in [0, 1] -> one base64 PNG per image."""
+    return [base64.b64encode(png_bytes(tile)).decode("ascii") for tile in to_uint8(images)]
+
+
+# -- in -----------------------------------------------------------------------------------------
+
+def decode_base64(text: str, max_bytes: int) -> bytes:
+    """Base64 (optionally a `data:image/...;base64,` URL) -> bytes, refusing more than max_bytes."""
+    text = _DATA_URL.sub("", text.strip(), count=1)
+    if len(text) > 4 * (max_bytes // 3 + 1):
+        raise ImageError(f"the image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageError(f"not valid base64 ({e})") from None
+
+
+def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int) -> torch.Tensor:
+    """PNG or JPEG bytes -> float [1, C, H, W] in [0, 1] for a model of `image_shape` (C, H, W)."""
+    if len(payload) > max_bytes:
+        raise ImageError(f"the image is {len(payload)} bytes; at most {max_bytes} are accepted")
+    channels, height, width = image_shape
+    try:
+        with Image.open(io.BytesIO(payload), formats=FORMATS) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageError(f"the image declares {image.width}x{image.height} pixels; "
+                                 f"at most {MAX_PIXELS} pixels are accepted")
+            if getattr(image, "n_frames", 1) > 1:
+                raise ImageError("animated or multi-frame images are not accepted")
+            image.load()
+            image = _to_mode(ImageOps.exif_transpose(image), "L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), RESAMPLE)
+            pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ImageError(f"not a readable PNG or JPEG image ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # what Pillow raises on corrupt data
+        raise ImageError(f"the image is corrupt or truncated ({e})") from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).unsqueeze(0).float().div(255)
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Any PNG/JPEG mode -> 8-bit L or RGB."""
+    if image.mode.startswith("I"):  # 16-bit gray ("I;16", "I;16B") or 32-bit ("I"): scale to 8 bits
+        levels = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257
+        image = Image.fromarray(levels.round().astype(np.uint8))
+    if image.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), rgba)
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    return image if image.mode == mode else image.convert(mode)

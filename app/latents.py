@@ -1,0 +1,128 @@
+"""Latent specs -> z, and the noise of PixelCNN samples, always on the CPU.
+
+Every seed gets its own `torch.Generator().manual_seed(seed)`, so image i of a request with seed s
+is the image of seed s + i whatever else is asked for or batched with it. Only the models' CPU
+noise draws (`sample_latents`, `draw_noise`) are called here, never a forward pass: anything that
+runs a network (the encoder of an `{"image": ...}` latent) goes through the worker via `encode`.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Sequence
+
+import torch
+
+from app.errors import CapabilityError, InputError
+from app.registry import ClassLatent, ServedModel
+from app.schemas import Latent
+from models.latent import lerp, slerp
+
+# How far class samples stray from the class mean at temperature 1, in class standard deviations.
+CLASS_SPREAD = 0.5
+
+Encode = Callable[[list[tuple[list, str]]], Awaitable[torch.Tensor]]
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def seed_latents(model: ServedModel, seeds: Sequence[int]) -> torch.Tensor:
+    """z ~ N(0, I) for each seed: [len(seeds), latent_dim]."""
+    return torch.cat([model.module.sample_latents(1, _generator(seed)) for seed in seeds])
+
+
+def for_samples(model: ServedModel, seeds: Sequence[int], temperature: float,
+                class_latent: ClassLatent | None = None) -> torch.Tensor:
+    """The latents of a samples request: z * T, or mean_c + T * CLASS_SPREAD * std_c * z for a class."""
+    eps = seed_latents(model, seeds)
+    if class_latent is None:
+        return eps * temperature
+    return class_latent.mean + temperature * CLASS_SPREAD * class_latent.std * eps
+
+
+def pixel_noise(model: ServedModel, seeds: Sequence[int],
+                label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PixelCNN's randomness, one generator per seed: (uniforms [n, C, H, W], class labels [n] or None).
+    Without a label a conditional model draws each image's class from its seed."""
+    draws = [model.module.draw_noise(1, _generator(seed), None if label is None else torch.tensor([label]))
+             for seed in seeds]
+    noise = torch.cat([noise for noise, _ in draws])
+    labels = None if draws[0][1] is None else torch.cat([cond for _, cond in draws])
+    return noise, labels
+
+
+def class_index(model: ServedModel, name: str, loc: list) -> int:
+    """The label of a class name, for a class-conditional PixelCNN."""
+    if not model.conditional:
+        raise CapabilityError(f"model {model.name!r} is not class-conditional; it cannot take a class")
+    _check_class_name(model, name, loc)
+    return model.classes.index(name)
+
+
+def class_latent(model: ServedModel, name: str, loc: list) -> ClassLatent:
+    """The card's mean and spread of the latents of one class (VAE and DCGAN)."""
+    if not model.class_latents:
+        raise CapabilityError(f"model {model.name!r} has no class latents in its card (they are computed by "
+                              f"`genserve evaluate`); use a seed, seeds or vector latent instead")
+    _check_class_name(model, name, loc)
+    if name not in model.class_latents:
+        raise CapabilityError(f"the card of {model.name!r} has no latent for class {name!r}")
+    return model.class_latents[name]
+
+
+def _check_class_name(model: ServedModel, name: str, loc: list) -> None:
+    if name not in model.classes:
+        raise InputError(loc, f"unknown class {name!r}; the classes of {model.name} are {model.classes}")
+
+
+async def resolve(model: ServedModel, specs: Sequence[tuple[list, Latent]], encode: Encode,
+                  max_seeds: int) -> torch.Tensor:
+    """Each (location in the request, latent spec) -> one row of z: [len(specs), latent_dim].
+    Images are encoded together, in one call of `encode` with their locations."""
+    dim = model.latent_dim
+    rows: list[torch.Tensor | None] = []
+    images: list[tuple[int, list, str]] = []
+    for index, (loc, spec) in enumerate(specs):
+        kind = spec.kind
+        if kind == "seed":
+            rows.append(seed_latents(model, [spec.seed])[0])
+        elif kind == "seeds":
+            if len(spec.seeds) > max_seeds:
+                raise InputError(loc + ["seeds"], f"at most {max_seeds} seeds are accepted")
+            rows.append(seed_latents(model, spec.seeds).mean(0))
+        elif kind == "vector":
+            if len(spec.vector) != dim:
+                raise InputError(loc + ["vector"], f"{model.name} latents have {dim} numbers, not {len(spec.vector)}")
+            rows.append(torch.tensor(spec.vector, dtype=torch.float32))
+        elif kind == "class":
+            rows.append(class_latent(model, spec.class_, loc + ["class"]).mean)
+        else:
+            if "encode" not in model.capabilities:
+                raise CapabilityError(f"model {model.name!r} cannot encode images; its capabilities are "
+                                      f"{list(model.capabilities)}")
+            images.append((index, loc + ["image"], spec.image))
+            rows.append(None)
+    if images:
+        encoded = await encode([(loc, data) for _, loc, data in images])
+        for (index, _, _), z in zip(images, encoded):
+            rows[index] = z
+    return torch.stack(rows)
+
+
+def interpolate(a: torch.Tensor, b: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+    """`steps` latents from a to b, both ends included: [steps, latent_dim]."""
+    path = slerp if method == "slerp" else lerp
+    return path(a, b, torch.linspace(0, 1, steps))
+
+
+def arithmetic(z: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """sum_k weight_k * z_k: [latent_dim]."""
+    return (torch.tensor(weights, dtype=z.dtype)[:, None] * z).sum(0)
+
+
+def variations(model: ServedModel, result: torch.Tensor, n: int, noise: float, seed: int) -> torch.Tensor:
+    """The result, then n - 1 copies with noise * z(seed + k) added, k = 1 .. n - 1: [n, latent_dim]."""
+    if n == 1:
+        return result[None]
+    return torch.cat([result[None], result + noise * seed_latents(model, range(seed + 1, seed + n))])

@@ -1,0 +1,84 @@
+"""The FastAPI application: `create_app(settings)`, and `app` for `uvicorn app.main:app`."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.middleware import RequestMetrics
+from app.registry import Registry, resolve_device
+from app.routes import admin, generate, health, images, models
+from app.worker import Worker
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+DESCRIPTION = """
+Trained image generators over HTTP: a class-conditional **PixelCNN**, a **VAE** and a **DCGAN**
+on Fashion-MNIST.
+
+* Image endpoints answer `image/png` (a grid, 2 px padding) or, with `?format=json`, the images
+  one by one in base64 with the seed and the latents.
+* A *latent* is exactly one of `{"seed": int}`, `{"seeds": [int, ...]}` (their mean),
+  `{"vector": [float x latent_dim]}`, `{"class": "Sneaker"}` (the class's mean latent from the
+  model card) or `{"image": "<base64 PNG>"}` (the VAE encoder's mean).
+* Seeds: image i of a request with seed s is the image of `{"seed": s + i}`; the `X-Seed` header
+  says which seed was used. The same request gives the same bytes.
+* Uploads: PNG or JPEG up to 1 MiB, converted to the model's channels and resized to its size.
+* Limits (`GET /v1/models`): a value past one is 422; a body past `max_body_bytes` is 413; a full
+  queue is 503 with `Retry-After`; an inference past the request timeout is 504.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    device = resolve_device(settings.device)
+    metrics = Metrics()
+    registry = Registry(settings.weights_dir, device)
+    worker = Worker(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
+                    queue_size=settings.queue_size, timeout_s=settings.request_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        await run_in_threadpool(registry.load)
+        worker.start()
+        yield
+        await run_in_threadpool(worker.stop)
+
+    app = FastAPI(title="genserve", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  max_body_size=settings.max_body_bytes)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.worker = worker
+    app.state.metrics = metrics
+
+    install_error_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization"], expose_headers=["X-Seed", "Retry-After"])
+    for module in (health, models, generate, images, admin):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,36 @@
+"""Prometheus metrics, one registry per app (so that several apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "genserve_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "genserve_request_seconds", "HTTP request latency", ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_images = self._per_operation(
+            "genserve_batch_images", "images in one merged forward pass", BATCH_BUCKETS)
+        self.batch_requests = self._per_operation(
+            "genserve_batch_requests", "requests merged into one forward pass", BATCH_BUCKETS)
+        self.queue_seconds = self._per_operation(
+            "genserve_queue_seconds", "time a request waited in the queue", LATENCY_BUCKETS)
+        self.inference_seconds = self._per_operation(
+            "genserve_inference_seconds", "time of one merged forward pass", LATENCY_BUCKETS)
+        self.queue_depth = Gauge("genserve_queue_depth", "requests waiting for the worker", registry=self.registry)
+        self.rejected = Counter(
+            "genserve_rejected", "requests not run: queue_full, timeout, disconnected, stopping", ["reason"],
+            registry=self.registry)
+        self.skipped = Counter(
+            "genserve_skipped_jobs", "queued jobs dropped unrun because their request was abandoned",
+            registry=self.registry)
+
+    def _per_operation(self, name: str, documentation: str, buckets: tuple) -> Histogram:
+        return Histogram(name, documentation, ["model", "operation"], buckets=buckets, registry=self.registry)

@@ -1,0 +1,61 @@
+"""What the worker may run on a model: one function per operation, over a merged batch.
+
+Each function takes the module, then batch tensors (concatenated along dim 0 across the merged
+requests, None where a request has none), then keyword parameters that all merged requests share.
+It returns one tensor whose first dimension matches the inputs', so the batch splits back.
+Randomness never lives here: callers draw noise per request on the CPU, so merging cannot change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+# The ELBO needs one posterior draw per image; a fixed seed makes the likelihood endpoint deterministic.
+ELBO_SEED = 0
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    run: Callable[..., torch.Tensor]
+    # False when a result would depend on what else is in the batch (the ELBO's shared generator).
+    batchable: bool = True
+
+
+def _decode(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return module.decode(z)
+
+
+def _encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    mean, _ = module.encode(images)
+    return mean
+
+
+def _sample(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, *, temperature: float) -> torch.Tensor:
+    return module.sample_from_noise(noise, temperature, cond)
+
+
+def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, images: torch.Tensor,
+              known: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    return module.sample_from_noise(noise, temperature, cond, x=images, known_mask=known)
+
+
+def _log_prob(module: nn.Module, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    return module.log_prob(images, cond)
+
+
+def _elbo(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator(device=images.device).manual_seed(ELBO_SEED)
+    return module.elbo(images, generator=generator)["elbo"]
+
+
+DECODE = Operation("decode", _decode)
+ENCODE = Operation("encode", _encode)
+SAMPLE_PIXELS = Operation("sample_pixels", _sample)
+COMPLETE = Operation("complete", _complete)
+LOG_PROB = Operation("log_prob", _log_prob)
+ELBO = Operation("elbo", _elbo, batchable=False)

@@ -1,0 +1,175 @@
+"""The models the service serves: every checkpoint folder under the weights directory.
+
+A folder that fails to load is logged and remembered (GET /readyz lists it); the others serve.
+Folders of families that are not generators (the evaluation classifier) are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import CheckpointError, load_checkpoint, read_card
+
+log = logging.getLogger("genserve.registry")
+
+CAPABILITIES = {
+    "pixelcnn": ("sample", "complete", "likelihood"),
+    "vae": ("sample", "interpolate", "arithmetic", "encode", "reconstruct", "likelihood"),
+    "dcgan": ("sample", "interpolate", "arithmetic"),
+}
+
+
+class UnknownModel(KeyError):
+    pass
+
+
+@dataclass
+class ClassLatent:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+@dataclass
+class ServedModel:
+    """A loaded checkpoint and what the routes need to know about it. Only the worker runs `module`."""
+
+    name: str
+    module: nn.Module
+    card: dict
+    class_latents: dict[str, ClassLatent] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.module.family
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.module.config.image_shape)
+
+    @property
+    def latent_dim(self) -> int | None:
+        return getattr(self.module, "latent_dim", None)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.get("classes") or [])
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return CAPABILITIES[self.family]
+
+    @property
+    def conditional(self) -> bool:
+        """Whether samples accept a class: PixelCNN trained with labels, or a card with class latents."""
+        if self.family == "pixelcnn":
+            return self.module.config.n_classes > 0
+        return bool(self.class_latents)
+
+    def max_n(self, limits: dict) -> int:
+        return min(limits["max_n"], limits["max_n_pixelcnn"]) if self.family == "pixelcnn" else limits["max_n"]
+
+    def info(self, limits: dict) -> dict:
+        training = self.card.get("training") or {}
+        return {
+            "name": self.name,
+            "family": self.family,
+            "dataset": self.card.get("dataset"),
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "classes": self.classes,
+            "conditional": self.conditional,
+            "capabilities": list(self.capabilities),
+            "max_n": self.max_n(limits),
+            "metrics": self.card.get("metrics") or {},
+            "checkpoint": {
+                "sha256": self.card.get("sha256"),
+                "trained_at": training.get("trained_at"),
+                "epochs": training.get("epochs"),
+            },
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _class_latents(card: dict, latent_dim: int) -> dict[str, ClassLatent]:
+    """The card's per-class latent mean and std as tensors, checked against the model."""
+    result = {}
+    for name, entry in (card.get("class_latents") or {}).items():
+        if name not in card.get("classes", []):
+            raise CheckpointError(f"class_latents names {name!r}, which is not one of the card's classes")
+        try:
+            mean, std = (torch.tensor(entry[key], dtype=torch.float32) for key in ("mean", "std"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"class_latents[{name!r}] needs 'mean' and 'std' lists of numbers ({e})") from e
+        if mean.shape != (latent_dim,) or std.shape != (latent_dim,):
+            raise CheckpointError(f"class_latents[{name!r}] is not {latent_dim} numbers long")
+        if not (mean.isfinite().all() and std.isfinite().all()):
+            raise CheckpointError(f"class_latents[{name!r}] holds non-finite numbers")
+        result[name] = ClassLatent(mean, std)
+    return result
+
+
+def load_model(directory: Path, device: torch.device) -> ServedModel:
+    module, card = load_checkpoint(directory, device)
+    served = ServedModel(directory.name, module, card)
+    if served.latent_dim is not None:
+        served.class_latents = _class_latents(card, served.latent_dim)
+    n_classes = getattr(module.config, "n_classes", 0)
+    if served.family == "pixelcnn" and n_classes and n_classes != len(served.classes):
+        raise CheckpointError(f"the model has {n_classes} classes but the card names {len(served.classes)}")
+    return served
+
+
+class Registry:
+    """Loads once at start-up (and on an admin reload); routes only read it."""
+
+    def __init__(self, weights_dir: Path, device: torch.device):
+        self.weights_dir = Path(weights_dir)
+        self.device = device
+        self.models: dict[str, ServedModel] = {}
+        self.failed: dict[str, str] = {}
+        self.loaded = False
+        self._loading = threading.Lock()
+
+    def load(self) -> None:
+        """Load every servable checkpoint; swap the new set in at once so readers never see half."""
+        with self._loading:
+            self._load()
+
+    def _load(self) -> None:
+        models, failed = {}, {}
+        folders = sorted(p for p in self.weights_dir.iterdir() if p.is_dir()) if self.weights_dir.is_dir() else []
+        if not folders:
+            failed["*"] = f"no checkpoint folders in {self.weights_dir.resolve()}"
+        for folder in folders:
+            try:
+                if read_card(folder)["family"] not in CAPABILITIES:
+                    continue  # e.g. the classifier that evaluation uses
+                models[folder.name] = load_model(folder, self.device)
+            except (CheckpointError, OSError, ValueError, RuntimeError) as e:
+                failed[folder.name] = str(e)
+                log.error("checkpoint failed to load", extra={"model": folder.name, "error": str(e)})
+        self.models, self.failed, self.loaded = models, failed, True
+        log.info("models loaded", extra={"models": sorted(models), "failed": sorted(failed),
+                                         "device": str(self.device)})
+
+    def get(self, name: str) -> ServedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise UnknownModel(f"no model named {name!r}; known models: {known}") from None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and bool(self.models)

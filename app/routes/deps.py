@@ -1,0 +1,122 @@
+"""What the routes share: the model dependency, limits, running a job, reading uploads, answering images."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Annotated, Literal
+
+import torch
+from fastapi import Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.config import Settings
+from app.errors import CapabilityError, ClientDisconnected, InputError
+from app.imaging import ImageError, decode_base64, grid_png, load_image, pngs_base64
+from app.operations import ENCODE, Operation
+from app.registry import ServedModel
+from app.schemas import ErrorDetail, ImagesResponse
+
+Format = Annotated[Literal["png", "json"], Query(
+    description="png: one grid image; json: the images one by one in base64, with the seed and latents")]
+
+ERROR_RESPONSES = {
+    400: {"model": ErrorDetail, "description": "The model lacks the capability; the detail names its capabilities"},
+    404: {"model": ErrorDetail, "description": "No such model; the detail names the known models"},
+    413: {"model": ErrorDetail, "description": "The body is larger than max_body_bytes"},
+    503: {"model": ErrorDetail, "description": "The queue is full; retry after Retry-After seconds"},
+    504: {"model": ErrorDetail, "description": "The inference took longer than the request timeout"},
+}
+SEED_HEADER = {"X-Seed": {"description": "the seed used (drawn at random when the request had none)",
+                          "schema": {"type": "integer"}}}
+IMAGE_RESPONSES = {
+    200: {"description": "A PNG grid, or with ?format=json the images one by one",
+          "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+          "headers": SEED_HEADER},
+    **ERROR_RESPONSES,
+}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def served_model(name: str, request: Request) -> ServedModel:
+    return request.app.state.registry.get(name)
+
+
+def capable(capability: str):
+    """A dependency: the model named in the path, if it has `capability` (else 400)."""
+    def dependency(model: Annotated[ServedModel, Depends(served_model)]) -> ServedModel:
+        if capability not in model.capabilities:
+            raise CapabilityError(f"model {model.name!r} ({model.family}) does not support {capability!r}; "
+                                  f"its capabilities are {list(model.capabilities)}")
+        return model
+    return dependency
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def check_at_most(value: int, limit: int, loc: list, what: str) -> None:
+    if value > limit:
+        raise InputError(loc, f"at most {limit} {what} are allowed, got {value}")
+
+
+def check_n(n: int, model: ServedModel, settings: Settings, loc: list) -> None:
+    check_at_most(n, model.max_n(settings.limits()), loc, f"images of {model.name}")
+
+
+def pick_seed(seed: int | None) -> int:
+    return seed if seed is not None else secrets.randbelow(2**31)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def infer(request: Request, model: ServedModel, operation: Operation, *inputs: torch.Tensor | None,
+                **params) -> torch.Tensor:
+    """Run one job on the worker; give it up (so it never runs) if the client disconnects first."""
+    job = asyncio.ensure_future(request.app.state.worker.run(model, operation, *inputs, **params))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        job.cancel()  # no-op when done; otherwise abandons the job
+        gone.cancel()
+    if job in done:
+        return job.result()
+    gone.result()  # raises what broke the receive channel, if anything did
+    raise ClientDisconnected()
+
+
+async def read_image(model: ServedModel, settings: Settings, data: str | bytes, loc: list) -> torch.Tensor:
+    """A base64 string or raw upload -> float [1, C, H, W] for `model` (decoded off the event loop)."""
+    try:
+        payload = data if isinstance(data, bytes) else decode_base64(data, settings.max_image_bytes)
+        return await run_in_threadpool(load_image, payload, model.image_shape, settings.max_image_bytes)
+    except ImageError as e:
+        raise InputError(loc, str(e)) from None
+
+
+def encoder(request: Request, model: ServedModel, settings: Settings):
+    """The `encode` that latents.resolve uses for image latents: decode, then the VAE encoder's mean."""
+    async def encode(images: list[tuple[list, str]]) -> torch.Tensor:
+        batch = torch.cat([await read_image(model, settings, data, loc) for loc, data in images])
+        return await infer(request, model, ENCODE, batch)
+    return encode
+
+
+def image_response(images: torch.Tensor, fmt: str, *, nrow: int | None = None, seed: int | None = None,
+                   latents: torch.Tensor | None = None) -> Response:
+    """A PNG grid, or for ?format=json each image in base64 with the seed and latents."""
+    headers = {"X-Seed": str(seed)} if seed is not None else None
+    if fmt == "json":
+        body = ImagesResponse(images=pngs_base64(images), seed=seed,
+                              latents=None if latents is None else latents.tolist())
+        return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
+    return Response(grid_png(images, nrow), media_type="image/png", headers=headers)

@@ -1,0 +1,98 @@
+"""Generation: samples, interpolate, arithmetic, latents.
+
+Each route validates, turns the request into tensors on the CPU (`app.latents`), runs one job on
+the worker and makes the answer; none calls a model itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from fastapi import APIRouter, Depends, Query, Request
+
+from app import latents
+from app.operations import DECODE, SAMPLE_PIXELS
+from app.registry import ServedModel
+from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, Format, SettingsDep, capable, check_at_most, check_n,
+                             encoder, image_response, infer, pick_seed)
+from app.schemas import (ArithmeticRequest, ImagesResponse, InterpolateRequest, LatentsRequest, LatentsResponse,
+                         SamplesQuery, SamplesRequest)
+
+router = APIRouter(prefix="/v1/models", tags=["generate"])
+
+
+async def _samples(request: Request, model: ServedModel, settings, body: SamplesRequest, fmt: str, where: str):
+    check_n(body.n, model, settings, [where, "n"])
+    seed = pick_seed(body.seed)
+    seeds = range(seed, seed + body.n)
+    if model.family == "pixelcnn":
+        label = latents.class_index(model, body.class_, [where, "class"]) if body.class_ else None
+        noise, labels = latents.pixel_noise(model, seeds, label)
+        images = await infer(request, model, SAMPLE_PIXELS, noise, labels, temperature=body.temperature)
+        return image_response(images, fmt, nrow=body.nrow, seed=seed)
+    class_latent = latents.class_latent(model, body.class_, [where, "class"]) if body.class_ else None
+    z = latents.for_samples(model, seeds, body.temperature, class_latent)
+    images = await infer(request, model, DECODE, z)
+    return image_response(images, fmt, nrow=body.nrow, seed=seed, latents=z)
+
+
+@router.post("/{name}/samples", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+async def samples(request: Request, model: Annotated[ServedModel, Depends(capable("sample"))],
+                  settings: SettingsDep, body: SamplesRequest, format: Format = "png"):
+    """A grid of `n` samples. Image i of a request with seed s is exactly the image of latent
+    `{"seed": s + i}`, so any cell can be referenced later; the `X-Seed` header says s.
+
+    `temperature` scales z for VAE and DCGAN (z = T * eps) and is the softmax temperature for
+    PixelCNN. `class` is PixelCNN's conditioning label; for VAE and DCGAN it draws around the
+    class's mean latent from the model card: z = mean_c + T * 0.5 * std_c * eps.
+    """
+    return await _samples(request, model, settings, body, format, "body")
+
+
+@router.get("/{name}/samples.png", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+async def samples_png(request: Request, model: Annotated[ServedModel, Depends(capable("sample"))],
+                      settings: SettingsDep, query: Annotated[SamplesQuery, Query()]):
+    """The samples grid for `<img src>`: the same as POST .../samples, from query parameters."""
+    return await _samples(request, model, settings, query, "png", "query")
+
+
+@router.post("/{name}/interpolate", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+async def interpolate(request: Request, model: Annotated[ServedModel, Depends(capable("interpolate"))],
+                      settings: SettingsDep, body: InterpolateRequest, format: Format = "png"):
+    """One row of `steps` images from `start` to `end`, both included, along a great circle
+    (slerp) or a straight line (lerp) in latent space."""
+    check_at_most(body.steps, settings.max_steps, ["body", "steps"], "steps")
+    ends = await latents.resolve(model, [(["body", "start"], body.start), (["body", "end"], body.end)],
+                                 encoder(request, model, settings), settings.max_terms)
+    path = latents.interpolate(ends[0], ends[1], body.steps, body.method)
+    images = await infer(request, model, DECODE, path)
+    return image_response(images, format, nrow=body.steps, latents=path)
+
+
+@router.post("/{name}/arithmetic", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+async def arithmetic(request: Request, model: Annotated[ServedModel, Depends(capable("arithmetic"))],
+                     settings: SettingsDep, body: ArithmeticRequest, format: Format = "png"):
+    """Latent arithmetic, as in the DCGAN paper's figures: the decoded operands (with `show_terms`),
+    then the result sum(weight * z), then `n - 1` variations that add `noise` * z(seed + k).
+    With `show_terms` the operands and the result fill the first row."""
+    check_at_most(len(body.terms), settings.max_terms, ["body", "terms"], "terms")
+    check_n(body.n, model, settings, ["body", "n"])
+    specs = [(["body", "terms", i, "latent"], term.latent) for i, term in enumerate(body.terms)]
+    operands = await latents.resolve(model, specs, encoder(request, model, settings), settings.max_terms)
+    result = latents.arithmetic(operands, [term.weight for term in body.terms])
+    seed = pick_seed(body.seed)
+    results = latents.variations(model, result, body.n, body.noise, seed)
+    cells = torch.cat([operands, results]) if body.show_terms else results
+    images = await infer(request, model, DECODE, cells)
+    nrow = len(body.terms) + 1 if body.show_terms else None
+    return image_response(images, format, nrow=nrow, seed=seed, latents=cells)
+
+
+@router.post("/{name}/latents", response_model=LatentsResponse, responses=ERROR_RESPONSES)
+async def latent_vector(request: Request, model: Annotated[ServedModel, Depends(capable("arithmetic"))],
+                        settings: SettingsDep, body: LatentsRequest) -> LatentsResponse:
+    """The z of a latent spec, so that clients can do their own arithmetic."""
+    z = await latents.resolve(model, [(["body", "latent"], body.latent)], encoder(request, model, settings),
+                              settings.max_terms)
+    return LatentsResponse(vector=z[0].tolist())

@@ -1,0 +1,214 @@
+"""Request and response bodies (pydantic v2), with the examples that /docs shows.
+
+Limits that are settings (n, steps, terms) are checked by the routes against the settings and
+answered 422 in the same shape; everything static is checked here. Floats must be finite: JSON
+bodies may carry NaN or Infinity, and they are refused with 422.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+SEED_MAX = 2**63 - 1
+LATENT_KINDS = ("seed", "seeds", "vector", "class", "image")
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Temperature = Annotated[float, Field(gt=0, le=2, description="PixelCNN: softmax temperature; "
+                                     "VAE/DCGAN: scales z (see the samples endpoint)")]
+Base64Image = Annotated[str, Field(min_length=1, description="a PNG or JPEG, base64 (a data: URL is accepted too)")]
+ClassName = Annotated[str, Field(min_length=1, max_length=100, description="one of the model's classes")]
+LatentNumber = Annotated[float, Field(ge=-1e4, le=1e4)]
+
+# A 28x28 gray rectangle, for the examples.
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAHklEQVR42mNgoD9ghDHuIAmqQGkmfDpHJUclBw4AAO+WASimvrHEAAAAAElFTkSuQmCC"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_by_name=True)
+
+
+class Latent(Body):
+    """Exactly one of: seed, seeds, vector, class, image."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "minProperties": 1, "maxProperties": 1,
+        "examples": [{"seed": 7}, {"seeds": [1, 2, 3]}, {"class": "Sneaker"}, {"vector": [0.0, 0.5, -1.2]}],
+    })
+
+    seed: Seed | None = Field(None, description="z ~ N(0, I) drawn from this seed")
+    seeds: list[Seed] | None = Field(None, min_length=1, description="the mean of these seeds' z (at most max_terms)")
+    vector: list[LatentNumber] | None = Field(None, min_length=1, description="z itself, latent_dim numbers")
+    class_: ClassName | None = Field(None, alias="class", description="the model's mean latent of this class")
+    image: Base64Image | None = Field(None, description="the encoder's mean for this image (VAE)")
+
+    def _given(self) -> list[str]:
+        return [kind for kind in LATENT_KINDS if getattr(self, "class_" if kind == "class" else kind) is not None]
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Latent:
+        given = self._given()
+        if len(given) != 1:
+            raise PydanticCustomError("latent_kind", "a latent is exactly one of {kinds}; got {given}",
+                                      {"kinds": ", ".join(LATENT_KINDS), "given": ", ".join(given) or "none"})
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which one of LATENT_KINDS this latent is."""
+        return self._given()[0]
+
+
+class SamplesRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"n": 16, "seed": 7, "temperature": 1.0, "class": None, "nrow": None},
+        {"n": 8, "seed": 3, "class": "Sneaker", "nrow": 4},
+    ]})
+
+    n: int = Field(16, ge=1, description="images, at most max_n (max_n_pixelcnn for PixelCNN)")
+    seed: Seed | None = Field(None, description="image i is the image of seed + i; random when omitted")
+    temperature: Temperature = 1.0
+    class_: ClassName | None = Field(None, alias="class", description="PixelCNN: the conditioning label; "
+                                     "VAE/DCGAN: z = mean_c + temperature * 0.5 * std_c * eps")
+    nrow: int | None = Field(None, ge=1, description="images per grid row; default ceil(sqrt(n))")
+
+
+class SamplesQuery(SamplesRequest):
+    """The query parameters of GET .../samples.png; other parameters (cache busters) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class InterpolateRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"start": {"seed": 1}, "end": {"seed": 2}, "steps": 8, "method": "slerp"},
+        {"start": {"class": "Sneaker"}, "end": {"class": "Ankle boot"}, "steps": 6, "method": "lerp"},
+    ]})
+
+    start: Latent
+    end: Latent
+    steps: int = Field(8, ge=2, description="images, both ends included; at most max_steps")
+    method: Literal["slerp", "lerp"] = "slerp"
+
+
+class Term(Body):
+    latent: Latent
+    weight: float = Field(1.0, ge=-100, le=100)
+
+
+class ArithmeticRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "terms": [{"latent": {"seeds": [1, 2, 3]}, "weight": 1.0}, {"latent": {"seeds": [4, 5, 6]}, "weight": -1.0},
+                  {"latent": {"seeds": [7, 8, 9]}, "weight": 1.0}],
+        "n": 4, "noise": 0.3, "seed": 11, "show_terms": True,
+    }]})
+
+    terms: list[Term] = Field(min_length=1, description="at most max_terms")
+    n: int = Field(1, ge=1, description="result images: the exact sum, then n - 1 variations with noise")
+    noise: float = Field(0.0, ge=0, le=10, description="scale of the N(0, I) noise added to the variations")
+    seed: Seed | None = Field(None, description="variation k adds the z of seed + k; random when omitted")
+    show_terms: bool = Field(True, description="put the decoded operands before the result")
+
+
+class LatentsRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"latent": {"seed": 7}}]})
+
+    latent: Latent
+
+
+class LatentsResponse(BaseModel):
+    vector: list[float]
+
+
+class ImageRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": TINY_PNG}]})
+
+    image: Base64Image
+
+
+class LikelihoodRequest(ImageRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": TINY_PNG}, {"image": TINY_PNG, "class": "Bag"}]})
+
+    class_: ClassName | None = Field(None, alias="class", description="PixelCNN: log p(x | class) instead of "
+                                     "log p(x) marginalised over the classes")
+
+
+class CompleteRequest(ImageRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"image": TINY_PNG, "keep_rows": 14, "n": 4, "seed": 1, "temperature": 1.0}]})
+
+    keep_rows: int = Field(14, ge=0, description="rows kept from the top of the image; the rest are sampled")
+    n: int = Field(4, ge=1, description="completions, at most max_n_pixelcnn")
+    seed: Seed | None = Field(None, description="completion i uses seed + i; random when omitted")
+    temperature: Temperature = 1.0
+    class_: ClassName | None = Field(None, alias="class", description="the completions' class "
+                                     "(a conditional PixelCNN draws one per completion from its seed otherwise)")
+
+
+class LikelihoodResponse(BaseModel):
+    model: str
+    nll_nats: float = Field(description="-log p(x) in nats for the image (an upper bound when exact is false)")
+    bits_per_dim: float = Field(description="nll_nats / (C * H * W * ln 2)")
+    exact: bool = Field(description="true for PixelCNN's exact likelihood, false for the VAE's ELBO bound")
+    method: str
+
+
+class ImagesResponse(BaseModel):
+    """The ?format=json answer of an image endpoint."""
+
+    images: list[str] = Field(description="one base64 PNG per cell of the grid, in order")
+    seed: int | None = None
+    latents: list[list[float]] | None = Field(None, description="each image's z, where there are latents")
+
+
+class Limits(BaseModel):
+    max_n: int
+    max_n_pixelcnn: int
+    max_steps: int
+    max_terms: int
+    max_image_bytes: int
+    max_body_bytes: int
+
+
+class CheckpointInfo(BaseModel):
+    sha256: str | None
+    trained_at: str | None
+    epochs: float | None
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "dcgan", "family": "dcgan", "dataset": "fashion-mnist", "image_shape": [1, 28, 28],
+        "latent_dim": 100, "classes": ["T-shirt/top", "Trouser"], "conditional": True,
+        "capabilities": ["sample", "interpolate", "arithmetic"], "max_n": 64, "metrics": {"fid": 12.3},
+        "checkpoint": {"sha256": "9f2c...", "trained_at": "2025-01-01T00:00:00+00:00", "epochs": 20},
+    }]})
+
+    name: str
+    family: str
+    dataset: str | None
+    image_shape: list[int] = Field(description="[C, H, W]")
+    latent_dim: int | None = Field(description="null for PixelCNN")
+    classes: list[str]
+    conditional: bool = Field(description="whether samples take a class")
+    capabilities: list[str]
+    max_n: int = Field(description="most images one request may ask of this model")
+    metrics: dict
+    checkpoint: CheckpointInfo
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    limits: Limits
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: list[str]
+    failed: dict[str, str] = Field(description="checkpoint folders that did not load, and why")
+
+
+class ErrorDetail(BaseModel):
+    detail: str | list

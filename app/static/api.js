@@ -1,0 +1,57 @@
+// The REST API, as the page uses it. Every image request asks for ?format=json, so the page gets
+// the individual images (to scrub, label and give alt text) plus the seed the server used.
+
+// An error whose message is written for the person using the page.
+export class ReadableError extends Error {}
+
+// FastAPI errors are {"detail": "text"} or, for validation (422), a list of {loc, msg}.
+function describe(status, statusText, body) {
+  const detail = body && body.detail;
+  let text;
+  if (Array.isArray(detail)) {
+    text = detail.map((d) => {
+      const where = (d.loc || []).filter((part) => part !== "body").join(".");
+      return where ? `${where}: ${d.msg}` : d.msg;
+    }).join("\n");
+  } else if (typeof detail === "string") {
+    text = detail;
+  } else if (detail) {
+    text = JSON.stringify(detail);
+  }
+  return `${text || statusText || "Request failed"} (HTTP ${status})`;
+}
+
+async function request(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ReadableError("Could not reach the service. Is it still running?");
+  }
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new ReadableError(describe(response.status, response.statusText, body));
+  if (body === null) throw new ReadableError(`The service sent an unreadable answer (HTTP ${response.status})`);
+  return { body, headers: response.headers };
+}
+
+export async function listModels() {
+  return (await request("/v1/models")).body;
+}
+
+// POST /v1/models/{model}/{op}; image ops get ?format=json. The seed comes from the body, or the
+// X-Seed header where the body has none.
+export async function call(model, op, payload, { signal, image = true } = {}) {
+  const query = image ? "?format=json" : "";
+  const { body, headers } = await request(`/v1/models/${encodeURIComponent(model)}/${op}${query}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(payload),
+    signal,
+  });
+  if (image && !(Array.isArray(body.images) && body.images.length)) {
+    throw new ReadableError("The service answered without images");
+  }
+  const seed = body.seed ?? headers.get("X-Seed");
+  return { ...body, seed: seed === null || seed === undefined ? null : Number(seed) };
+}

@@ -1,0 +1,235 @@
+// The demo page: a model picker, four tabs, and the page state in the URL so results can be shared.
+
+import { listModels } from "./api.js";
+import { arithmeticTab } from "./arithmetic.js";
+import { drawTab } from "./draw.js";
+import { interpolateTab } from "./interpolate.js";
+import { sampleTab } from "./sample.js";
+import { buildLatentPickers, defaultLatents, el, randomSeed, runner, syncLatentPickers } from "./ui.js";
+
+const ctx = { model: null, models: [], limits: {} };
+const tabButtons = [...document.querySelectorAll("[role=tab]")];
+const tabs = {};
+let activeTab = "sample";
+
+function setUpTabs() {
+  const builders = { sample: sampleTab, interpolate: interpolateTab, arithmetic: arithmeticTab, draw: drawTab };
+  for (const [name, build] of Object.entries(builders)) {
+    const panel = document.getElementById(`panel-${name}`);
+    buildLatentPickers(panel);
+    const run = runner(panel);
+    const tab = build(panel, ctx, run);
+    tabs[name] = { ...tab, panel, run };
+    tab.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      run(async (signal) => saveUrl(await tab.run(signal)));
+    });
+  }
+}
+
+// -- URL state: the model, the tab and the fields of the tab's form ------------------------------
+
+// `fields`: what a result was made from (the form may have changed while it was on its way).
+function saveUrl(fields = Object.fromEntries(new FormData(tabs[activeTab].form))) {
+  const params = new URLSearchParams({ model: ctx.model.name, tab: activeTab });
+  for (const [key, value] of Object.entries(fields)) if (value !== "" && value !== null) params.set(key, value);
+  history.replaceState(null, "", `?${params}`);
+  tabs[activeTab].panel.querySelectorAll(".share").forEach((a) => { a.href = location.href; });
+}
+
+// Range inputs show their value in the <output for=...> of their label.
+function showValue(input) {
+  document.querySelectorAll(`output[for="${input.id}"]`).forEach((o) => { o.textContent = input.value; });
+}
+
+function restoreForm(form, params) {
+  for (const el of form.elements) {
+    if (!el.name || !params.has(el.name)) continue;
+    const value = params.get(el.name);
+    if (el.type === "radio") el.checked = el.value === value;
+    else if (el.tagName !== "SELECT" || [...el.options].some((o) => o.value === value)) el.value = value;
+    el.dispatchEvent(new Event("input", { bubbles: true })); // so value displays follow
+  }
+  syncLatentPickers(form, ctx.model.conditional);
+}
+
+// -- Model picker ---------------------------------------------------------------------------------
+
+function formatMetric(value) {
+  if (typeof value !== "number") return String(value);
+  return Number.isInteger(value) ? String(value) : value.toPrecision(4).replace(/\.?0+$/, "");
+}
+
+// Metrics may nest one level ({"bits_per_dim": {"test": 3.1}}); each leaf gets its own row.
+function metricRows(metrics, prefix = "") {
+  return Object.entries(metrics).flatMap(([key, value]) => {
+    const label = `${prefix}${key.replaceAll("_", " ")}`;
+    return value && typeof value === "object" && !Array.isArray(value)
+      ? metricRows(value, `${label} · `) : [[label, formatMetric(value)]];
+  });
+}
+
+// What each family does, in a line, for people who meet these models here first.
+const FAMILY_NOTES = {
+  pixelcnn: "Autoregressive: draws one pixel at a time; exact likelihood.",
+  vae: "Variational autoencoder: encodes and decodes through a smooth latent space.",
+  dcgan: "Adversarial: a generator trained to fool a critic; sharp samples.",
+};
+
+function modelCard(model) {
+  const id = `model-${model.name}`;
+  // The radio is named by the model's name alone; the rest of the card describes it.
+  const input = el("input", { type: "radio", name: "model", value: model.name });
+  input.setAttribute("aria-labelledby", `${id}-name`);
+  input.setAttribute("aria-describedby", `${id}-about`);
+  const [c, h, w] = model.image_shape;
+  const meta = [model.dataset, `${w}×${h}${c > 1 ? `×${c}` : ""}`,
+    model.latent_dim ? `${model.latent_dim}-d latent` : "autoregressive",
+    model.checkpoint?.epochs ? `${model.checkpoint.epochs} epochs` : null].filter(Boolean).join(" · ");
+  const rows = metricRows(model.metrics || {});
+  const metrics = el("dl", { className: "metrics" }, ...(rows.length
+    ? rows.flatMap(([key, value]) => [el("dt", { textContent: key }), el("dd", { textContent: value })])
+    : [el("dt", { textContent: "no metrics yet" })]));
+  return el("label", { className: "model-card" }, input,
+    el("div", { className: "name" }, el("span", { id: `${id}-name`, textContent: model.name }),
+      el("span", { className: "badge", textContent: model.family })),
+    el("div", { id: `${id}-about` },
+      el("p", { className: "note", textContent: FAMILY_NOTES[model.family] || "" }),
+      el("div", { className: "meta", textContent: meta }), metrics));
+}
+
+// Show, hide and bound the controls that depend on the model.
+function applyModel(model) {
+  ctx.model = model;
+  const maxN = model.max_n ?? ctx.limits.max_n ?? 64;
+  const has = (caps) => caps.split(" ").some((cap) => model.capabilities.includes(cap));
+  const toggle = (el, on) => {
+    el.hidden = !on;
+    if (el.matches("fieldset, button")) el.disabled = !on;
+    else el.querySelectorAll("input, select, button").forEach((field) => { field.disabled = !on; });
+  };
+  document.querySelectorAll(".panel [data-family]").forEach((el) => toggle(el, el.dataset.family === model.family));
+  document.querySelectorAll(".panel [data-conditional]").forEach((el) => toggle(el, model.conditional));
+  document.querySelectorAll(".panel [data-cap]").forEach((el) => toggle(el, has(el.dataset.cap)));
+  for (const select of document.querySelectorAll("select[data-classes]")) {
+    const keep = select.value;
+    const options = (select.dataset.any ? [["", select.dataset.any]] : []).concat(model.classes.map((c) => [c, c]));
+    select.replaceChildren(...options.map(([value, text]) => new Option(text, value)));
+    if (model.classes.includes(keep)) select.value = keep;
+  }
+  document.getElementById("sample-n").max = maxN;
+  for (const input of document.querySelectorAll("#complete-n, #arithmetic-n")) input.max = Math.min(16, maxN);
+  for (const input of document.querySelectorAll("input[type=number][max]")) {
+    if (Number(input.value) > Number(input.max)) input.value = input.max;
+  }
+  document.getElementById("interpolate-steps").max = ctx.limits.max_steps ?? 32;
+  // Results of the previous model no longer apply.
+  for (const tab of Object.values(tabs)) {
+    syncLatentPickers(tab.panel, model.conditional);
+    tab.run.cancel();
+    tab.reset();
+    tab.panel.querySelector(".output").classList.remove("failed");
+    tab.panel.querySelector(".output .error").hidden = true;
+  }
+  tabButtons.forEach((button) => {
+    const on = has(button.dataset.cap);
+    button.disabled = !on;
+    button.title = on ? "" : `${model.name} cannot do this (it can: ${model.capabilities.join(", ")})`;
+  });
+  if (!has(document.getElementById(`tab-${activeTab}`).dataset.cap)) selectTab("sample");
+}
+
+// -- Tabs (WAI-ARIA tabs pattern: arrow keys move between the enabled tabs) ------------------------
+
+function selectTab(name, focus = false) {
+  activeTab = name;
+  for (const button of tabButtons) {
+    const on = button.dataset.tab === name;
+    button.setAttribute("aria-selected", String(on));
+    button.tabIndex = on ? 0 : -1;
+    document.getElementById(button.getAttribute("aria-controls")).hidden = !on;
+    if (on && focus) button.focus();
+  }
+}
+
+function onTabKey(event) {
+  const enabled = tabButtons.filter((b) => !b.disabled);
+  const i = enabled.indexOf(event.currentTarget);
+  const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: enabled.length - 1 }[event.key];
+  if (next === undefined) return;
+  event.preventDefault();
+  activate(enabled[(next + enabled.length) % enabled.length].dataset.tab, true);
+}
+
+// What a user sees first after choosing a model or tab: a fresh result, in the tabs that need no
+// input (the draw tab has no hasResult, so it waits for a drawing).
+function activate(tab, focus = false) {
+  selectTab(tab, focus);
+  saveUrl();
+  const { panel, form, hasResult } = tabs[activeTab];
+  if (hasResult && !hasResult() && !panel.querySelector(".output").matches(".failed, [aria-busy=true]")) {
+    form.requestSubmit();
+  }
+}
+
+// -- Start ----------------------------------------------------------------------------------------
+
+async function start() {
+  setUpTabs();
+  tabButtons.forEach((button) => {
+    button.addEventListener("click", () => activate(button.dataset.tab));
+    button.addEventListener("keydown", onTabKey);
+  });
+
+  document.querySelectorAll("input[type=range]").forEach(showValue);
+  document.addEventListener("input", (event) => { if (event.target.type === "range") showValue(event.target); });
+  document.addEventListener("change", (event) => {
+    if (event.target.matches("[data-kind]")) syncLatentPickers(event.target.form, ctx.model.conditional);
+  });
+  // "New seed" rolls a seed and runs at once: one click, one new picture.
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-new-seed]");
+    if (!button) return;
+    document.getElementById(button.dataset.newSeed).value = randomSeed();
+    button.form.requestSubmit();
+  });
+
+  const list = document.getElementById("models");
+  let answer;
+  try {
+    answer = await listModels();
+  } catch (err) {
+    const error = document.getElementById("models-error");
+    error.textContent = `Could not load the models: ${err.message}`;
+    error.hidden = false;
+    list.replaceChildren();
+    return;
+  }
+  ctx.models = answer.models;
+  ctx.limits = answer.limits || {};
+  list.replaceChildren(...ctx.models.map(modelCard));
+  list.setAttribute("aria-busy", "false");
+  if (!ctx.models.length) {
+    list.textContent = "The service has no models loaded.";
+    return;
+  }
+
+  const params = new URLSearchParams(location.search);
+  // A shared link names its model; otherwise the DCGAN, the quickest to show something.
+  const model = ctx.models.find((m) => m.name === params.get("model"))
+    || ctx.models.find((m) => m.family === "dcgan") || ctx.models[0];
+  list.querySelector(`input[value="${CSS.escape(model.name)}"]`).checked = true;
+  applyModel(model);
+  for (const { panel } of Object.values(tabs)) defaultLatents(panel, model);
+  const tab = tabButtons.find((b) => b.dataset.tab === params.get("tab") && !b.disabled)?.dataset.tab || "sample";
+  selectTab(tab);
+  restoreForm(tabs[tab].form, params);
+  activate(tab);
+
+  list.addEventListener("change", (event) => {
+    applyModel(ctx.models.find((m) => m.name === event.target.value));
+    activate(activeTab);
+  });
+}
+
+start();

@@ -1,0 +1,197 @@
+"""The inference worker: one thread per device owns the models and runs every forward pass.
+
+Requests reach it as jobs on a bounded queue. Jobs for the same model, operation and parameters
+that arrive within `batch_wait_ms` of the first are merged, up to `max_batch` images, into one
+forward pass under `torch.inference_mode()`, and the result is split back. The event loop only
+queues jobs and awaits their futures, which the thread completes with `call_soon_threadsafe`.
+
+A full queue is refused at once (the route answers 503) rather than growing memory; a job whose
+request timed out or went away is dropped when its turn comes instead of being run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from app.metrics import Metrics
+from app.operations import Operation
+from app.registry import ServedModel
+
+log = logging.getLogger("genserve.worker")
+
+
+class QueueFull(Exception):
+    """The queue holds `queue_size` jobs, or the worker is stopping."""
+
+
+class InferenceTimeout(Exception):
+    """The job did not finish within the request timeout."""
+
+
+@dataclass(eq=False)
+class Job:
+    model: ServedModel
+    operation: Operation
+    inputs: tuple[torch.Tensor | None, ...]
+    params: dict[str, Any]
+    size: int  # rows of the batch dimension, i.e. images
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with equal keys can share a forward pass."""
+        if not self.operation.batchable:
+            return (id(self),)
+        absent = tuple(t is None for t in self.inputs)
+        return (id(self.model), self.operation.name, tuple(sorted(self.params.items())), absent)
+
+    @property
+    def abandoned(self) -> bool:
+        """Its request stopped waiting (timeout, disconnect): the route cancelled the future."""
+        return self.future.cancelled()
+
+    def settle(self, result: torch.Tensor | None = None, error: BaseException | None = None) -> None:
+        """Hand the outcome to the event loop that awaits it (from the worker thread)."""
+        def deliver() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.future.get_loop().call_soon_threadsafe(deliver)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _merge(jobs: list[Job], device: torch.device) -> list[torch.Tensor | None]:
+    merged = []
+    for parts in zip(*(job.inputs for job in jobs)):
+        merged.append(None if parts[0] is None else torch.cat(parts).to(device))
+    return merged
+
+
+class Worker:
+    def __init__(self, device: torch.device, metrics: Metrics, *, batch_wait_ms: float, max_batch: int,
+                 queue_size: int, timeout_s: float):
+        self.device = device
+        self.metrics = metrics
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.timeout_s = timeout_s
+        self._pending: deque[Job] = deque()
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        metrics.queue_depth.set_function(lambda: len(self._pending))
+
+    # -- the event loop's side -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name=f"genserve-worker-{self.device}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in progress, refuse what still waits, and end the thread."""
+        with self._changed:
+            self._stopping = True
+            left, self._pending = list(self._pending), deque()
+            self._changed.notify_all()
+        for job in left:
+            job.settle(error=QueueFull("the service is stopping"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def run(self, model: ServedModel, operation: Operation, *inputs: torch.Tensor | None,
+                  **params: Any) -> torch.Tensor:
+        """Queue one job (its batch is the first input's first dimension) and wait for its output, on
+        the CPU. Raises QueueFull or InferenceTimeout; if the awaiting task is cancelled (client
+        gone), the job is abandoned and never runs."""
+        job = Job(model, operation, inputs, params, inputs[0].shape[0], asyncio.get_running_loop().create_future())
+        with self._changed:
+            if self._stopping or len(self._pending) >= self.queue_size:
+                self.metrics.rejected.labels("stopping" if self._stopping else "queue_full").inc()
+                raise QueueFull("the inference queue is full")
+            self._pending.append(job)
+            self._changed.notify()
+        try:
+            return await asyncio.wait_for(job.future, self.timeout_s)  # cancels the future on timeout
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels("timeout").inc()
+            raise InferenceTimeout(f"inference took longer than {self.timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            self.metrics.rejected.labels("disconnected").inc()
+            raise
+
+    # -- the worker thread's side --------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._run(batch)
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for a job, give its batch `batch_wait_s` to fill, and take it off the queue."""
+        with self._changed:
+            while not self._pending and not self._stopping:
+                self._changed.wait()
+            if self._stopping:
+                return None
+            head = self._pending[0]
+            deadline = head.enqueued + self.batch_wait_s
+            while (remaining := deadline - time.monotonic()) > 0 and not self._stopping:
+                if sum(job.size for job in self._pending if job.key == head.key) >= self.max_batch:
+                    break
+                self._changed.wait(remaining)
+            batch, images, kept = [], 0, deque()
+            for job in self._pending:
+                if job.abandoned:
+                    self.metrics.skipped.inc()
+                elif job.key == head.key and (not batch or images + job.size <= self.max_batch):
+                    batch.append(job)
+                    images += job.size
+                else:
+                    kept.append(job)
+            self._pending = kept
+            return batch
+
+    def _run(self, batch: list[Job]) -> None:
+        batch = [job for job in batch if not job.abandoned]
+        if not batch:
+            return
+        first = batch[0]
+        labels = (first.model.name, first.operation.name)
+        started = time.monotonic()
+        for job in batch:
+            self.metrics.queue_seconds.labels(*labels).observe(started - job.enqueued)
+        self.metrics.batch_images.labels(*labels).observe(sum(job.size for job in batch))
+        self.metrics.batch_requests.labels(*labels).observe(len(batch))
+        try:
+            with torch.inference_mode():
+                output = first.operation.run(first.model.module, *_merge(batch, self.device), **first.params)
+                parts = output.float().cpu().split([job.size for job in batch])
+        except Exception as e:  # a failed forward pass fails its requests, never the worker
+            log.exception("inference failed", extra={"model": labels[0], "operation": labels[1]})
+            for job in batch:
+                job.settle(error=e)
+            return
+        finally:
+            self.metrics.inference_seconds.labels(*labels).observe(time.monotonic() - started)
+        for job, part in zip(batch, parts):
+            job.settle(part)

@@ -1,0 +1,169 @@
+"""The worker: batching that changes nothing, back-pressure (503), timeouts (504), abandoned jobs,
+and loading: /readyz before start-up, failed checkpoints, skipped families, absent class latents."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from apptest import b64png, max_diff, metric, serving
+from models.checkpoint import build_model, read_card, save_checkpoint, write_card
+
+pytestmark = pytest.mark.anyio
+
+
+async def _metrics(client) -> str:
+    return (await client.get("/metrics")).text
+
+
+@pytest.mark.parametrize("name, n", [("dcgan", 3), ("vae", 3), ("pixelcnn", 1)])
+async def test_merged_requests_match_requests_run_alone(weights_dir, name, n):
+    seeds = [10, 20, 30]
+    async with serving(weights_dir) as client:  # 2 ms window: requests sent one by one run alone
+        alone = [(await client.post(f"/v1/models/{name}/samples?format=json", json={"n": n, "seed": s})).json()
+                 for s in seeds]
+        assert metric(await _metrics(client), "genserve_batch_requests_count") == len(seeds)
+    async with serving(weights_dir, batch_wait_ms=300) as client:  # a wide window: they merge
+        merged = await asyncio.gather(*(client.post(f"/v1/models/{name}/samples?format=json",
+                                                    json={"n": n, "seed": s}) for s in seeds))
+        text = await _metrics(client)
+        assert metric(text, "genserve_batch_requests_count") < len(seeds)  # fewer passes than requests
+        assert metric(text, "genserve_batch_images_sum") == n * len(seeds)
+    for single, batched in zip(alone, merged):
+        assert batched.json()["seed"] == single["seed"]
+        for a, b in zip(single["images"], batched.json()["images"]):
+            assert max_diff(b64png(a), b64png(b)) <= 1
+
+
+async def test_max_batch_caps_a_merged_pass(weights_dir):
+    async with serving(weights_dir, batch_wait_ms=200, max_batch=4) as client:
+        responses = await asyncio.gather(*(client.post("/v1/models/dcgan/samples", json={"n": 3, "seed": s})
+                                           for s in range(4)))
+        assert all(r.status_code == 200 for r in responses)
+        text = await _metrics(client)
+        assert metric(text, "genserve_batch_images_count") == 4  # 3 + 3 > 4: every request ran alone
+        assert metric(text, "genserve_batch_images_bucket", le="4.0") == 4
+
+
+async def test_full_queue_is_503_with_retry_after(weights_dir):
+    async with serving(weights_dir, queue_size=1, max_batch=1, batch_wait_ms=0) as client:
+        # PixelCNN keeps the worker busy for a while: one runs, one waits, the rest are refused.
+        responses = await asyncio.gather(*(client.post("/v1/models/pixelcnn/samples", json={"n": 1, "seed": s})
+                                           for s in range(6)))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) == {200, 503} and statuses.count(503) >= 3, statuses
+        for response in responses:
+            if response.status_code == 503:
+                assert int(response.headers["retry-after"]) >= 1
+                assert "queue" in response.json()["detail"]
+        assert metric(await _metrics(client), "genserve_rejected_total", reason="queue_full") >= 3
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
+
+
+async def test_timeout_is_504_and_the_job_never_runs(weights_dir):
+    # The worker holds a batch open 300 ms for company; the request gives up after 50 ms.
+    async with serving(weights_dir, request_timeout_s=0.05, batch_wait_ms=300) as client:
+        response = await client.post("/v1/models/dcgan/samples", json={"n": 2})
+        assert response.status_code == 504 and "longer than" in response.json()["detail"]
+        await asyncio.sleep(0.5)
+        text = await _metrics(client)
+        assert metric(text, "genserve_skipped_jobs_total") == 1
+        assert metric(text, "genserve_batch_images_count") == 0
+        assert metric(text, "genserve_queue_depth") == 0
+
+
+async def test_a_request_given_up_by_its_client_is_skipped(weights_dir):
+    async with serving(weights_dir, batch_wait_ms=300) as client:
+        request = asyncio.create_task(client.post("/v1/models/vae/samples", json={"n": 2}))
+        await asyncio.sleep(0.05)
+        request.cancel()  # in process, the client going away cancels the request's task
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.5)
+        text = await _metrics(client)
+        assert metric(text, "genserve_skipped_jobs_total") == 1
+        assert metric(text, "genserve_batch_images_count") == 0
+        assert (await client.post("/v1/models/vae/samples", json={"n": 1})).status_code == 200
+
+
+async def test_not_ready_before_start_up(weights_dir):
+    import httpx
+
+    from app.config import Settings
+    from app.main import create_app
+
+    app = create_app(Settings(weights_dir=weights_dir))  # lifespan not run: nothing loaded
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://testserver") as client:
+        response = await client.get("/readyz")
+        assert response.status_code == 503 and response.json()["ready"] is False
+        assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.fixture
+def damaged_weights(weights_dir, tmp_path):
+    """dcgan with a changed byte, a folder with a pickle, a classifier (skipped) and a vae whose
+    card has neither class latents nor metrics."""
+    root = tmp_path / "weights"
+    for name in ("dcgan", "vae", "pixelcnn"):
+        shutil.copytree(weights_dir / name, root / name)
+    data = bytearray((root / "dcgan" / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (root / "dcgan" / "model.safetensors").write_bytes(bytes(data))
+    shutil.copytree(weights_dir / "pixelcnn", root / "pickled")
+    (root / "pickled" / "extra.pt").write_bytes(b"\x80\x04not really")
+    classifier = build_model("classifier", {"image_shape": [1, 28, 28], "n_classes": 10})
+    save_checkpoint(classifier, root / "classifier", {"name": "classifier", "classes": [str(i) for i in range(10)]})
+    card = read_card(root / "vae")
+    card.pop("class_latents", None)
+    card.pop("metrics", None)
+    write_card(root / "vae", card)
+    return root
+
+
+async def test_failed_checkpoints_are_reported_and_the_rest_serve(damaged_weights):
+    async with serving(damaged_weights) as client:
+        response = await client.get("/readyz")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["models"] == ["pixelcnn", "vae"]  # the classifier is skipped, not served
+        assert set(body["failed"]) == {"dcgan", "pickled"}
+        assert "sha256" in body["failed"]["dcgan"] and "pickle" in body["failed"]["pickled"]
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 404
+        assert (await client.post("/v1/models/vae/samples", json={"n": 1})).status_code == 200
+        info = (await client.get("/v1/models/vae")).json()
+        assert info["metrics"] == {} and info["conditional"] is False
+        for path, body in [("samples", {"n": 1, "class": "Bag"}), ("latents", {"latent": {"class": "Bag"}})]:
+            response = await client.post(f"/v1/models/vae/{path}", json=body)
+            assert response.status_code == 400 and "class latents" in response.json()["detail"]
+
+
+async def test_nothing_to_serve_is_not_ready(tmp_path):
+    async with serving(tmp_path / "missing") as client:
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["failed"]
+
+
+async def test_admin_reload_needs_the_token(weights_dir):
+    async with serving(weights_dir) as client:
+        assert (await client.post("/v1/admin/reload")).status_code == 404  # admin is off without a token
+    async with serving(weights_dir, admin_token="s3cret") as client:
+        assert (await client.post("/v1/admin/reload")).status_code == 401
+        wrong = await client.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = await client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200 and right.json()["ready"] is True
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
+
+
+async def test_cors_is_closed_by_default_and_configurable(weights_dir):
+    preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+    async with serving(weights_dir) as client:
+        response = await client.get("/v1/models", headers={"Origin": "https://example.org"})
+        assert "access-control-allow-origin" not in response.headers
+    async with serving(weights_dir, cors_origins=["https://example.org"]) as client:
+        response = await client.options("/v1/models/dcgan/samples", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://example.org"

@@ -1,0 +1,142 @@
+"""Fixtures for the browser tests: the real app on a real uvicorn port, and Debian's Chromium.
+
+Weights: GENSERVE_TEST_WEIGHTS_DIR when set, else the repository's weights/ (the shipped ones).
+Screenshots: under GENSERVE_E2E_ARTIFACTS/<test name>/ when set, else the test's tmp_path.
+Playwright is imported lazily, so that test_page.py can skip cleanly when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("GENSERVE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+FAMILIES = ("pixelcnn", "vae", "dcgan")
+READY_TIMEOUT_S = 180
+
+
+def weights_dir() -> Path:
+    if os.environ.get("GENSERVE_TEST_WEIGHTS_DIR"):
+        return Path(os.environ["GENSERVE_TEST_WEIGHTS_DIR"])
+    shipped = REPO / "weights"
+    if all((shipped / name / file).is_file() for name in FAMILIES for file in ("card.json", "model.safetensors")):
+        return shipped
+    pytest.fail(f"{shipped} lacks a checkpoint of each of {', '.join(FAMILIES)} (card.json + model.safetensors); "
+                "set GENSERVE_TEST_WEIGHTS_DIR to a folder that has them", pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    """`uvicorn app.main:app` as a subprocess, once for the session, ready when /readyz says so."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    env = {**os.environ, "GENSERVE_WEIGHTS_DIR": str(weights_dir())}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"uvicorn exited with {process.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url}/readyz not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}",
+                            pytrace=False)
+            time.sleep(0.25)
+        yield Server(url, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def api(server):
+    """An httpx client of the same server, to check what the page shows against the API."""
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def models(api) -> dict[str, dict]:
+    return {m["name"]: m for m in api.get("/v1/models").raise_for_status().json()["models"]}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def console() -> list[str]:
+    """The page's console errors and uncaught exceptions; a test that provokes some clears them."""
+    return []
+
+
+def open_page(browser, server, console, **context_options):
+    """A page in a fresh context whose pages record console errors, uncaught exceptions and any
+    request to another origin (the page must need nothing but the service)."""
+    context = browser.new_context(base_url=server.url, **context_options)
+    context.set_default_timeout(120_000)
+    context.on("console", lambda message: message.type == "error" and console.append(message.text))
+    context.on("weberror", lambda error: console.append(f"uncaught: {error.error}"))
+    context.on("request", lambda request: request.url.startswith((server.url, "data:"))
+               or console.append(f"request to another origin: {request.url}"))
+    return context.new_page()
+
+
+@pytest.fixture
+def page(browser, server, console):
+    page = open_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    yield page
+    page.context.close()
+    assert console == [], "the page logged errors or left the service"
+
+
+@pytest.fixture
+def artifacts(request, tmp_path) -> Path:
+    root = os.environ.get("GENSERVE_E2E_ARTIFACTS")
+    if not root:
+        return tmp_path
+    folder = Path(root) / re.sub(r"[^\w.-]+", "_", request.node.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
