@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             "image_shape": list(train.image_shape),
             "training": {
                 "command": "python -m models.train " + shlex.join(sys.argv[1:] if argv is None else argv),
-                "epochs": progress["epoch"] + progress["batch"] / batches_per_epoch,
+                "epochs": round(progress["epoch"] + progress["batch"] / batches_per_epoch, 2),
                 "steps": progress["step"],
                 "batch_size": args.batch_size * world,
                 "world_size": world,

@@ -1,0 +1,81 @@
+"""The checkpoints we ship in weights/: verified, documented, measured, and they sample."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, sha256_file
+from models.data import FASHION_MNIST_CLASSES, load_dataset, to_float
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+GENERATORS = ["pixelcnn", "vae", "dcgan"]
+MAX_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=GENERATORS + ["classifier"])
+def shipped(request):
+    name = request.param
+    model, card = load_checkpoint(WEIGHTS / name)  # verifies the sha256 and every tensor
+    return name, model, card
+
+
+def test_card_documents_the_training(shipped):
+    name, model, card = shipped
+    assert card["name"] == name and card["family"] == name
+    assert card["sha256"] == sha256_file(WEIGHTS / name / "model.safetensors")
+    assert card["dataset"] == "fashion-mnist" and card["classes"] == FASHION_MNIST_CLASSES
+    training = card["training"]
+    assert training["command"].startswith(f"python -m models.train {name}")
+    assert training["train_images"] == 60000, "trained on the full train split"
+    assert training["epochs"] >= 1 and training["steps"] >= 900
+    assert training["wall_time_s"] > 0 and training["hardware"] and training["trained_at"]
+    assert (WEIGHTS / name / "model.safetensors").stat().st_size < MAX_BYTES
+
+
+def test_card_carries_the_evaluation(shipped):
+    name, _, card = shipped
+    metrics = card["metrics"]
+    if name == "classifier":
+        assert metrics["test_accuracy"] >= 0.9
+        return
+    assert metrics["frechet_distance"] > metrics["frechet_distance_test_vs_train"] >= 0
+    assert metrics["classes_found"] == 10
+    if name in ("pixelcnn", "vae"):
+        assert 0 < metrics["test_bits_per_dim"] < 8
+    if name in ("vae", "dcgan"):
+        assert set(card["class_latents"]) == set(FASHION_MNIST_CLASSES)
+        assert metrics["class_mean_decodes_to_class"] >= 0.8
+
+
+@pytest.mark.parametrize("name", ["vae", "dcgan"])
+def test_generators_sample_distinct_images_from_distinct_seeds(name):
+    model, _ = load_checkpoint(WEIGHTS / name)
+    a = model.sample(8, torch.Generator().manual_seed(0))
+    again = model.sample(8, torch.Generator().manual_seed(0))
+    other = model.sample(8, torch.Generator().manual_seed(1))
+    assert a.shape == (8, 1, 28, 28) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, again) and not torch.equal(a, other)
+    # Not a collapsed generator: the 8 samples differ from each other clearly.
+    pairwise = torch.cdist(a.flatten(1), a.flatten(1))
+    assert pairwise[~torch.eye(8, dtype=torch.bool)].min() > 1.0
+
+
+def test_pixelcnn_samples_and_its_card_likelihood_holds_on_test_images():
+    model, card = load_checkpoint(WEIGHTS / "pixelcnn")
+    images = model.sample(2, torch.Generator().manual_seed(0), cond=torch.tensor([1, 7]))
+    assert images.shape == (2, 1, 28, 28) and torch.equal(images * 255, (images * 255).round())
+    # Recompute bits/dim on a slice of the test split: near the card's figure for the whole split.
+    x = to_float(load_dataset("fashion-mnist", "test", limit=100).images)
+    with torch.no_grad():
+        bits = float(model.bits_per_dim(model.log_prob(x), 784).mean())
+    assert math.isclose(bits, card["metrics"]["test_bits_per_dim"], abs_tol=0.15)
+
+
+def test_quality_floors_between_families():
+    """The published ordering: a GAN's Frechet distance is about half a VAE's or better."""
+    _, vae = load_checkpoint(WEIGHTS / "vae")
+    _, dcgan = load_checkpoint(WEIGHTS / "dcgan")
+    assert dcgan["metrics"]["frechet_distance"] <= 0.5 * vae["metrics"]["frechet_distance"]
+    assert dcgan["metrics"]["class_entropy_nats"] >= 2.2
