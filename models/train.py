@@ -2,6 +2,7 @@
 
     python -m models.train dcgan --out weights/dcgan
     python -m models.train pixelcnn --epochs 10 --set channels=32 --resume
+    python -m models.train pixelcnn --epochs 12 --init-from weights/pixelcnn   # no state at hand
     torchrun --nproc-per-node 4 -m models.train vae --out weights/vae     # data-parallel (DDP)
 
 Defaults come from `models/configs/<family>.json` (the settings that produced the shipped
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from models.checkpoint import FAMILIES, build_model, save_checkpoint
+from models.checkpoint import FAMILIES, build_model, load_checkpoint, save_checkpoint
 from models.data import load_dataset, to_float
 from models.dcgan import DCGAN
 from models.grid import save_grid
@@ -196,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="checkpoint folder (default weights/FAMILY)")
     parser.add_argument("--state-dir", type=Path, help="resumable training state (default runs/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue from --state-dir if it holds a state")
+    parser.add_argument("--init-from", type=Path, help="start from this checkpoint's weights and training record")
     parser.add_argument("--save-minutes", type=float, help="also save the state this often within an epoch")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -257,11 +259,23 @@ def main(argv: list[str] | None = None) -> None:
         model_config["n_classes"] = len(train.classes)
     if args.family == "classifier":
         model_config.setdefault("n_classes", len(train.classes))
-    model = build_model(args.family, model_config).to(device)
+    batches_per_epoch = len(train) // (args.batch_size * world)
+    if batches_per_epoch == 0:
+        raise SystemExit(f"error: {len(train)} images are fewer than one batch of {args.batch_size * world}")
+    progress = {"epoch": 0, "batch": 0, "step": 0, "wall_time_s": 0.0, "history": []}
+    if args.init_from:
+        # Warm start from a servable checkpoint (the shipped weights, say) when no training state
+        # is at hand: its config, weights and training record carry over; the optimiser starts afresh.
+        model, source_card = load_checkpoint(args.init_from, device)
+        record = source_card["training"]
+        epochs_done = float(record["epochs"])
+        progress.update(epoch=int(epochs_done), batch=round((epochs_done % 1) * batches_per_epoch),
+                        step=record["steps"], wall_time_s=record["wall_time_s"], history=record.get("history", []))
+    else:
+        model = build_model(args.family, model_config).to(device)
     trainer = GANTrainer(model, args, distributed) if args.family == "dcgan" else LossTrainer(model, args, distributed)
 
     state_file = args.state_dir / "state.pt"
-    progress = {"epoch": 0, "batch": 0, "step": 0, "wall_time_s": 0.0, "history": []}
     noise = torch.Generator().manual_seed(args.seed * 1000 + rank)
     if args.resume and state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=True)
@@ -306,9 +320,6 @@ def main(argv: list[str] | None = None) -> None:
             if preview is not None:
                 save_grid(preview, args.out / "samples.png", nrow=8)
 
-    batches_per_epoch = len(train) // (args.batch_size * world)
-    if batches_per_epoch == 0:
-        raise SystemExit(f"error: {len(train)} images are fewer than one batch of {args.batch_size * world}")
     last_save = time.monotonic()
     done = False
     while progress["epoch"] < args.epochs and not done:

@@ -84,3 +84,13 @@ def test_evaluate_writes_metrics_and_class_latents(tmp_path, capsys):
     assert set(latents) <= set(vae_card["classes"]) and len(latents) >= 5
     assert all(len(v["mean"]) == 8 for v in latents.values())
     assert 0 <= read_card(classifier)["metrics"]["test_accuracy"] <= 1
+
+
+def test_init_from_a_checkpoint_carries_its_weights_and_record_over(tmp_path):
+    first = run("vae", tmp_path, "--epochs", "1")
+    out, state = tmp_path / "continued", tmp_path / "runs" / "continued"
+    train.main(["vae", "--limit", "512", "--batch-size", "32", "--out", str(out), "--state-dir", str(state),
+                "--quiet", "--threads", "1", "--init-from", str(first), "--epochs", "2", "--set", "latent_dim=3"])
+    card = read_card(out)
+    assert card["config"]["latent_dim"] == 8, "the source checkpoint's config wins"
+    assert card["training"]["steps"] == 32 and [h["epoch"] for h in card["training"]["history"]] == [1, 2]
