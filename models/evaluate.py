@@ -107,7 +107,8 @@ def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: boo
 def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, quiet: bool,
                   n_generated: int = 20000, confidence: float = 0.9) -> dict:
     """Each class's mean and std latent: VAE from the encoder means of the train images,
-    DCGAN from generated samples that the classifier assigns to the class with high confidence."""
+    DCGAN from generated samples that the classifier assigns to the class with high confidence
+    (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim))."""
     device = next(model.parameters()).device
     if model.family == "vae":
         mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])
@@ -124,7 +125,12 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
         members = mus[labels == index]
         if len(members) < 2:
             continue
-        result[name] = {"mean": [round(float(v), 5) for v in members.mean(0)],
+        mean = members.mean(0)
+        if model.family == "dcgan":
+            # The mean of many N(0, I) draws sits near the origin, where the generator was never
+            # trained (its z have norm ~ sqrt(d)); keep the class's direction at the typical radius.
+            mean = mean / mean.norm() * math.sqrt(mean.numel())
+        result[name] = {"mean": [round(float(v), 5) for v in mean],
                         "std": [round(float(v), 5) for v in members.std(0)],
                         "count": int(len(members))}
     return result
