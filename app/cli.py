@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import signal
 import sys
 from pathlib import Path
 
@@ -169,8 +170,12 @@ def serve(args) -> None:
 
     overrides = {key: getattr(args, key) for key in ("host", "port", "weights_dir", "device", "log_level")}
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    # On SIGTERM uvicorn stops accepting and lets requests in flight finish (up to the grace); then it
+    # raises SIGTERM again for the default handler to end the process (status -15). A server that
+    # shut down cleanly exits 0 instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level, access_log=False)
+                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ routes reach them through a dependency.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,7 +23,11 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(Path("weights"), description="folder of checkpoints, one sub-folder per model")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads for inference (default: torch's)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads for inference "
+                                "(default: the usable cores less one, which is left to HTTP and PNG work)")
+    channels_last: bool = Field(True, description="run DCGAN and VAE in channels-last memory (faster on CPU)")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="inference dtype on CUDA; the CPU always runs float32")
 
     # Request limits, reported by GET /v1/models.
     max_n: int = Field(64, ge=1, description="most images one request may ask for")
@@ -34,7 +39,7 @@ class Settings(BaseSettings):
 
     # The inference worker.
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests to merge")
-    max_batch: int = Field(256, ge=1, description="most images in one merged forward pass")
+    max_batch: int = Field(64, ge=1, description="most images in one merged forward pass")
     queue_size: int = Field(256, ge=1, description="most requests waiting; more are answered 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
 
@@ -43,6 +48,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma-separated or a JSON list); none by default")
+    graceful_timeout_s: float | None = Field(
+        None, gt=0, description="after SIGTERM, how long in-flight requests may take to finish "
+        "(default: request_timeout_s + 5, so that any request still answered in time is)")
     admin_token: SecretStr | None = Field(None, description="bearer token for /v1/admin/*; admin is off when unset")
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
@@ -54,6 +62,16 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self.graceful_timeout_s or self.request_timeout_s + 5
+
+    def torch_threads(self) -> int:
+        """`threads`, or the cores this process may use less one: torch's own default (every core)
+        makes the worker's threads fight the event loop, and stall whenever another process runs."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.threads or max(1, cores - 1)
 
     def limits(self) -> dict:
         """The limits a client may need to know, as GET /v1/models reports them."""

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.middleware import RequestMetrics
+from app.middleware import BodyLimit, RequestMetrics
 from app.registry import Registry, resolve_device
 from app.routes import admin, generate, health, images, models
 from app.worker import Worker
@@ -47,25 +47,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = Registry(settings.weights_dir, device)
     worker = Worker(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
-                    queue_size=settings.queue_size, timeout_s=settings.request_timeout_s)
+                    queue_size=settings.queue_size, timeout_s=settings.request_timeout_s,
+                    channels_last=settings.channels_last, dtype=settings.dtype)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        torch.set_num_threads(settings.torch_threads())
         await run_in_threadpool(registry.load)
         worker.start()
         yield
         await run_in_threadpool(worker.stop)
 
-    app = FastAPI(title="genserve", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  max_body_size=settings.max_body_bytes)
+    app = FastAPI(title="genserve", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.worker = worker
     app.state.metrics = metrics
 
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: metrics and CORS see its 413s
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

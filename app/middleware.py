@@ -1,16 +1,51 @@
-"""Per-request metrics and the request log line, as plain ASGI middleware (it never touches the body)."""
+"""Plain ASGI middleware: the request body limit, and per-request metrics and the request log line."""
 
 from __future__ import annotations
 
 import logging
 import time
 
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
 from app.registry import Registry
 
 log = logging.getLogger("genserve.http")
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: before reading any of it when Content-Length says so, else as
+    soon as the bytes received pass the limit. Answered as JSON {"detail": ...} like every other
+    error (FastAPI's own limit answers a declared length in plain text)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.detail = f"the request body is larger than {max_bytes} bytes (max_body_bytes)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self.detail)  # answered by the app's exception handler
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 class RequestMetrics:

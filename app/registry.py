@@ -119,8 +119,18 @@ def _class_latents(card: dict, latent_dim: int) -> dict[str, ClassLatent]:
     return result
 
 
+def _check_card(card: dict) -> None:
+    """The card fields that GET /v1/models reads must have the types it reads them as."""
+    for key, kind in (("classes", list), ("metrics", dict), ("training", dict), ("class_latents", dict)):
+        if not isinstance(card.get(key) or kind(), kind):
+            raise CheckpointError(f"the card's {key!r} is not a {kind.__name__}")
+    if not all(isinstance(name, str) for name in card.get("classes") or []):
+        raise CheckpointError("the card's classes are not all names")
+
+
 def load_model(directory: Path, device: torch.device) -> ServedModel:
     module, card = load_checkpoint(directory, device)
+    _check_card(card)
     served = ServedModel(directory.name, module, card)
     if served.latent_dim is not None:
         served.class_latents = _class_latents(card, served.latent_dim)
@@ -156,7 +166,8 @@ class Registry:
                 if read_card(folder)["family"] not in CAPABILITIES:
                     continue  # e.g. the classifier that evaluation uses
                 models[folder.name] = load_model(folder, self.device)
-            except (CheckpointError, OSError, ValueError, RuntimeError) as e:
+            # One bad folder, whatever is wrong with it, never keeps the others from serving.
+            except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
                 failed[folder.name] = str(e)
                 log.error("checkpoint failed to load", extra={"model": folder.name, "error": str(e)})
         self.models, self.failed, self.loaded = models, failed, True

@@ -34,10 +34,11 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, p
     return grid
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """uint8 [H, W, 1|3] -> PNG bytes (8-bit gray or RGB)."""
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """uint8 [H, W, 1|3] -> PNG bytes (8-bit gray or RGB); zlib's `compress_level` 0-9."""
     buffer = io.BytesIO()
-    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(
+        buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

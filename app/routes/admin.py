@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.routes.deps import SettingsDep
 from app.routes.health import readiness
-from app.schemas import Readiness
+from app.schemas import ErrorDetail, Readiness
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 bearer = HTTPBearer(auto_error=False)
@@ -28,7 +28,9 @@ def require_admin(settings: SettingsDep,
 
 
 @router.post("/reload", response_model=Readiness, dependencies=[Depends(require_admin)],
-             responses={401: {"description": "no or a wrong bearer token"}, 404: {"description": "admin is off"}})
+             responses={401: {"model": ErrorDetail, "description": "no or a wrong bearer token"},
+                        404: {"model": ErrorDetail, "description": "admin is off"},
+                        503: {"model": Readiness, "description": "reloaded, but no model loaded"}})
 async def reload(request: Request) -> JSONResponse:
     """Load the weights directory again (say after new weights land); requests in flight finish on
     the models they started with. Answers like /readyz."""

@@ -22,10 +22,12 @@ Format = Annotated[Literal["png", "json"], Query(
     description="png: one grid image; json: the images one by one in base64, with the seed and latents")]
 
 ERROR_RESPONSES = {
-    400: {"model": ErrorDetail, "description": "The model lacks the capability; the detail names its capabilities"},
+    400: {"model": ErrorDetail, "description": "The model lacks the capability (the detail names its capabilities), "
+                                               "or the body could not be parsed at all"},
     404: {"model": ErrorDetail, "description": "No such model; the detail names the known models"},
     413: {"model": ErrorDetail, "description": "The body is larger than max_body_bytes"},
-    503: {"model": ErrorDetail, "description": "The queue is full; retry after Retry-After seconds"},
+    503: {"model": ErrorDetail, "description": "The queue is full; retry after Retry-After seconds",
+          "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
     504: {"model": ErrorDetail, "description": "The inference took longer than the request timeout"},
 }
 SEED_HEADER = {"X-Seed": {"description": "the seed used (drawn at random when the request had none)",
@@ -36,19 +38,23 @@ IMAGE_RESPONSES = {
           "headers": SEED_HEADER},
     **ERROR_RESPONSES,
 }
+PNG_RESPONSES = {**IMAGE_RESPONSES, 200: {**IMAGE_RESPONSES[200], "description": "A PNG grid"}}
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency
+# in its thread pool, a thread hand-off per dependency per request.
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def served_model(name: str, request: Request) -> ServedModel:
+async def served_model(name: str, request: Request) -> ServedModel:
     return request.app.state.registry.get(name)
 
 
 def capable(capability: str):
     """A dependency: the model named in the path, if it has `capability` (else 400)."""
-    def dependency(model: Annotated[ServedModel, Depends(served_model)]) -> ServedModel:
+    async def dependency(model: Annotated[ServedModel, Depends(served_model)]) -> ServedModel:
         if capability not in model.capabilities:
             raise CapabilityError(f"model {model.name!r} ({model.family}) does not support {capability!r}; "
                                   f"its capabilities are {list(model.capabilities)}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app import latents
 from app.operations import DECODE, SAMPLE_PIXELS
 from app.registry import ServedModel
-from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, Format, SettingsDep, capable, check_at_most, check_n,
+from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, PNG_RESPONSES, Format, SettingsDep, capable, check_at_most, check_n,
                              encoder, image_response, infer, pick_seed)
 from app.schemas import (ArithmeticRequest, ImagesResponse, InterpolateRequest, LatentsRequest, LatentsResponse,
                          SamplesQuery, SamplesRequest)
@@ -50,7 +50,7 @@ async def samples(request: Request, model: Annotated[ServedModel, Depends(capabl
     return await _samples(request, model, settings, body, format, "body")
 
 
-@router.get("/{name}/samples.png", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+@router.get("/{name}/samples.png", response_class=Response, responses=PNG_RESPONSES)
 async def samples_png(request: Request, model: Annotated[ServedModel, Depends(capable("sample"))],
                       settings: SettingsDep, query: Annotated[SamplesQuery, Query()]):
     """The samples grid for `<img src>`: the same as POST .../samples, from query parameters."""

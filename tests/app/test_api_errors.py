@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
-import zlib
-import struct
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from apptest import encode_png
+from bench.hostile import animated, bomb, gif
 
 pytestmark = pytest.mark.anyio
 
@@ -118,30 +115,6 @@ async def test_missing_capability_is_400_naming_the_capabilities(client):
     assert response.status_code == 400
     assert all(c in response.json()["detail"] for c in ("sample", "complete", "likelihood"))
     assert (await client.post("/v1/models/pixelcnn/latents", json={"latent": {"seed": 1}})).status_code == 400
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb() -> bytes:
-    """A tiny PNG that declares a 50,000 x 50,000 image."""
-    header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + _png_chunk(b"IEND", b""))
-
-
-def animated() -> bytes:
-    frames = [Image.new("L", (28, 28), v) for v in (0, 255)]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
-    return buffer.getvalue()
-
-
-def gif() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (28, 28)).save(buffer, format="GIF")
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("payload", [

@@ -7,7 +7,12 @@ import asyncio
 import shutil
 
 import pytest
+import torch
+from pydantic import ValidationError
 
+from app.config import Settings
+from app.metrics import Metrics
+from app.worker import Worker
 from apptest import b64png, max_diff, metric, serving
 from models.checkpoint import build_model, read_card, save_checkpoint, write_card
 
@@ -35,6 +40,32 @@ async def test_merged_requests_match_requests_run_alone(weights_dir, name, n):
         assert batched.json()["seed"] == single["seed"]
         for a, b in zip(single["images"], batched.json()["images"]):
             assert max_diff(b64png(a), b64png(b)) <= 1
+
+
+async def test_channels_last_changes_no_image_and_leaves_pixelcnn_alone(weights_dir):
+    images = {}
+    for channels_last in (False, True):
+        async with serving(weights_dir, channels_last=channels_last) as client:
+            for name in ("dcgan", "vae", "pixelcnn"):
+                response = await client.post(f"/v1/models/{name}/samples?format=json", json={"n": 2, "seed": 5})
+                images[name, channels_last] = response.json()["images"]
+            registry = client.app.state.registry
+            for name, converted in [("dcgan", channels_last), ("vae", channels_last), ("pixelcnn", False)]:
+                layout = torch.channels_last if converted else torch.contiguous_format
+                kernels = [p for p in registry.get(name).module.parameters() if p.dim() == 4]
+                assert all(p.is_contiguous(memory_format=layout) and not p.is_inference() for p in kernels), name
+    for name in ("dcgan", "vae"):
+        for a, b in zip(images[name, False], images[name, True]):
+            assert max_diff(b64png(a), b64png(b)) <= 1
+    assert images["pixelcnn", False] == images["pixelcnn", True]
+
+
+def test_half_precision_is_for_cuda_only():
+    assert Worker(torch.device("cpu"), Metrics(), batch_wait_ms=0, max_batch=1, queue_size=1, timeout_s=1,
+                  dtype="bfloat16").dtype == torch.float32
+    assert Settings(dtype="float16").dtype == "float16"
+    with pytest.raises(ValidationError):
+        Settings(dtype="int8")
 
 
 async def test_max_batch_caps_a_merged_pass(weights_dir):
@@ -68,11 +99,11 @@ async def test_timeout_is_504_and_the_job_never_runs(weights_dir):
     async with serving(weights_dir, request_timeout_s=0.05, batch_wait_ms=300) as client:
         response = await client.post("/v1/models/dcgan/samples", json={"n": 2})
         assert response.status_code == 504 and "longer than" in response.json()["detail"]
-        await asyncio.sleep(0.5)
-        text = await _metrics(client)
-        assert metric(text, "genserve_skipped_jobs_total") == 1
-        assert metric(text, "genserve_batch_images_count") == 0
+        text = await _metrics(client)  # it left the queue with its request, not when its turn came
         assert metric(text, "genserve_queue_depth") == 0
+        assert metric(text, "genserve_skipped_jobs_total") == 1
+        await asyncio.sleep(0.5)
+        assert metric(await _metrics(client), "genserve_batch_images_count") == 0
 
 
 async def test_a_request_given_up_by_its_client_is_skipped(weights_dir):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from bench.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("GENSERVE_CHROMIUM", "/usr/bin/chromium"))
@@ -35,12 +36,6 @@ def weights_dir() -> Path:
         return shipped
     pytest.fail(f"{shipped} lacks a checkpoint of each of {', '.join(FAMILIES)} (card.json + model.safetensors); "
                 "set GENSERVE_TEST_WEIGHTS_DIR to a folder that has them", pytrace=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -96,7 +91,9 @@ def models(api) -> dict[str, dict]:
     return {m["name"]: m for m in api.get("/v1/models").raise_for_status().json()["models"]}
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while it is
+# open, which would break the asyncio tests collected after tests/e2e.
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 

@@ -1,0 +1,139 @@
+"""Faults and access: inference past the request timeout, damaged checkpoints, the admin token and
+CORS as a deployment sets them (GENSERVE_* in the environment of a real server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.checkpoint import sha256_file, update_card
+from tests.app.apptest import metric, serving
+
+
+async def _metric(client, name: str, **labels) -> float:
+    return metric((await client.get("/metrics")).text, name, **labels)
+
+
+async def _reach(client, name: str, value: float, timeout_s: float = 120, **labels) -> None:
+    """Poll /metrics until the metric reaches `value`."""
+    deadline = time.monotonic() + timeout_s
+    while await _metric(client, name, **labels) < value:
+        assert time.monotonic() < deadline, f"{name} did not reach {value}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_an_inference_past_the_timeout_is_answered_504_at_the_timeout(weights_dir):
+    async with serving(weights_dir, request_timeout_s=0.5, batch_wait_ms=0) as client:
+        started = time.perf_counter()
+        response = await client.post("/v1/models/pixelcnn/samples", json={"n": 16, "seed": 1})
+        assert response.status_code == 504 and "longer than 0.5 s" in response.json()["detail"]
+        assert time.perf_counter() - started < 1.5  # at the timeout, not when the forward pass ends
+        # The pass ran on past the timeout (a forward pass cannot be interrupted), then let go of the worker.
+        await _reach(client, "genserve_inference_seconds_count", 1, model="pixelcnn")
+        assert await _metric(client, "genserve_inference_seconds_sum", model="pixelcnn") > 0.5
+        assert await _metric(client, "genserve_queue_depth") == 0
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_request_that_times_out_in_the_queue_frees_its_slot_at_once(weights_dir):
+    async with serving(weights_dir, queue_size=1, request_timeout_s=0.5, batch_wait_ms=0) as client:
+        busy = asyncio.create_task(client.post("/v1/models/pixelcnn/samples", json={"n": 16, "seed": 1}))
+        await _reach(client, "genserve_batch_images_count", 1, model="pixelcnn")  # its pass has begun
+        queued = await client.post("/v1/models/dcgan/samples", json={"n": 1})  # waits behind PixelCNN
+        assert queued.status_code == 504
+        assert await _metric(client, "genserve_queue_depth") == 0
+        # The freed slot takes the next request (it may time out too, but is not refused with 503).
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code in (200, 504)
+        await busy
+
+
+def _rewrite(folder, change) -> None:
+    """Change the weights with `change(tensors)` and re-sign the card, so that only the change is wrong."""
+    tensors = load_file(str(folder / "model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(folder / "model.safetensors"))
+    update_card(folder, sha256=sha256_file(folder / "model.safetensors"))
+
+
+@pytest.fixture
+def damaged_weights(weights_dir, tmp_path):
+    """The three good models, and five bad copies: an unknown tensor name, a tensor of the wrong
+    shape, a changed byte (sha256 mismatch), a pickle file beside good weights, and a card whose
+    classes are a number."""
+    root = tmp_path / "weights"
+    for name in ("pixelcnn", "vae", "dcgan"):
+        shutil.copytree(weights_dir / name, root / name)
+    for bad, source in [("renamed", "dcgan"), ("reshaped", "vae"), ("tampered", "dcgan"), ("pickled", "pixelcnn"),
+                        ("miscarded", "vae")]:
+        shutil.copytree(weights_dir / source, root / bad)
+    _rewrite(root / "renamed", lambda t: t.update(backdoor=torch.zeros(1)))
+    first = next(iter(load_file(str(root / "reshaped" / "model.safetensors"))))
+    _rewrite(root / "reshaped", lambda t: t.update({first: torch.zeros(3, 3)}))
+    data = bytearray((root / "tampered" / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (root / "tampered" / "model.safetensors").write_bytes(bytes(data))
+    (root / "pickled" / "optimizer.pkl").write_bytes(b"\x80\x04N.")
+    update_card(root / "miscarded", classes=5)
+    return root
+
+
+def test_bad_checkpoints_are_refused_reported_and_logged_while_the_rest_serve(damaged_weights, serve):
+    with serve(damaged_weights, log_level="info") as server:
+        readiness = httpx.get(server.url + "/readyz").json()
+        assert readiness["ready"] is True and readiness["models"] == ["dcgan", "pixelcnn", "vae"]
+        reasons = {"renamed": "unexpected ['backdoor']", "reshaped": "expected", "tampered": "sha256",
+                   "pickled": "pickle", "miscarded": "classes"}
+        assert set(readiness["failed"]) == set(reasons)
+        for name, reason in reasons.items():
+            assert reason in readiness["failed"][name], readiness["failed"][name]
+            assert httpx.post(f"{server.url}/v1/models/{name}/samples", json={"n": 1}).status_code == 404
+        for name in readiness["models"]:
+            assert httpx.post(f"{server.url}/v1/models/{name}/samples", json={"n": 1}).status_code == 200
+        logged = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+        errors = {entry["model"]: entry for entry in logged if entry["message"] == "checkpoint failed to load"}
+        assert set(errors) == set(reasons) and all(e["level"] == "error" for e in errors.values())
+
+
+def test_admin_takes_its_token_from_the_environment_and_is_off_without_one(serve):
+    token = "s3cret-from-env"
+    with serve(admin_token=token) as server:
+        reload = server.url + "/v1/admin/reload"
+        assert httpx.post(reload).status_code == 401
+        assert httpx.post(reload, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.post(reload, headers={"Authorization": f"Basic {token}"}).status_code == 401
+        right = httpx.post(reload, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        assert right.status_code == 200 and right.json()["ready"] is True
+        assert token not in httpx.get(server.url + "/v1/models").text + httpx.get(server.url + "/openapi.json").text
+        assert token not in server.log.read_text()
+    with serve() as server:  # no GENSERVE_ADMIN_TOKEN: the admin route does not exist
+        assert httpx.post(server.url + "/v1/admin/reload", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+
+
+def _preflight(url: str, origin: str) -> httpx.Response:
+    return httpx.options(url + "/v1/models/dcgan/samples",
+                         headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+
+
+def test_cors_is_closed_by_default_and_opened_per_origin_from_the_environment(serve):
+    with serve() as server:
+        assert "access-control-allow-origin" not in _preflight(server.url, "https://a.example").headers
+        simple = httpx.get(server.url + "/v1/models", headers={"Origin": "https://a.example"})
+        assert "access-control-allow-origin" not in simple.headers
+    with serve(cors_origins="https://a.example, https://b.example") as server:
+        for origin in ("https://a.example", "https://b.example"):
+            assert _preflight(server.url, origin).headers["access-control-allow-origin"] == origin
+        refused = _preflight(server.url, "https://evil.example")
+        assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+        answer = httpx.post(server.url + "/v1/models/dcgan/samples", json={"n": 1, "seed": 3},
+                            headers={"Origin": "https://a.example"})
+        assert answer.headers["access-control-allow-origin"] == "https://a.example"
+        assert "x-seed" in answer.headers["access-control-expose-headers"].lower()

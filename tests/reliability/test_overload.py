@@ -1,0 +1,27 @@
+"""Overload: 2,000 single-image requests, 128 at a time, against a real server with a small queue.
+Only 200s and 503s with Retry-After come back, all within the request timeout, and the server is
+healthy afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.reliability import OVERLOAD_SETTINGS, healthy, overload
+
+REQUESTS, CONCURRENCY = 2000, 128
+
+
+@pytest.mark.slow
+def test_overload_is_answered_200_or_503_in_time(serve):
+    timeout_s = OVERLOAD_SETTINGS["request_timeout_s"]
+    with serve(**OVERLOAD_SETTINGS) as server:
+        load = asyncio.run(overload(server.url, REQUESTS, CONCURRENCY, timeout_s=timeout_s + 5, deadline_s=150))
+        assert not load.errors  # no client timeouts, no connection failures
+        assert sum(load.statuses.values()) == REQUESTS
+        assert set(load.statuses) == {200, 503}, load.statuses  # both: the queue did overflow
+        assert load.no_retry_after == 0
+        assert load.slowest_s < timeout_s
+        assert healthy(server.url)
+        assert server.process.poll() is None
