@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.latent import LatentModel
+
 
 @dataclass
 class DCGANConfig:
@@ -77,7 +79,7 @@ class Discriminator(nn.Module):
         return self.net(x * 2 - 1).flatten()
 
 
-class DCGAN(nn.Module):
+class DCGAN(LatentModel):
     """Both nets; only the generator is needed to serve, and it is all `decode` and `sample` use."""
 
     family = "dcgan"
@@ -90,19 +92,9 @@ class DCGAN(nn.Module):
         self.discriminator = Discriminator(config)
         self.apply(init_weights)
 
-    @property
-    def latent_dim(self) -> int:
-        return self.config.latent_dim
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> images, float [B, C, H, W] in [0, 1]."""
         return (self.generator(z) + 1) / 2
 
-    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws of z ~ N(0, I), on the CPU so a seed means the same z on every device."""
-        return torch.randn(n, self.config.latent_dim, generator=generator)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = self.sample_latents(n, generator).to(next(self.parameters()).device)
-        return self.decode(z)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -20,3 +21,23 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return lerp(a, b, t)  # (anti)parallel: the great circle is not unique, fall back to a line
     out = (torch.sin((1 - t64) * omega) * a64 + torch.sin(t64 * omega) * b64) / torch.sin(omega)
     return out.to(a.dtype)
+
+
+class LatentModel(nn.Module):
+    """What the VAE and the DCGAN share: a N(0, I) prior over z and a decoder from z to images.
+
+    Subclasses set `config.latent_dim` and define `decode(z)`."""
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws of z ~ N(0, I), on the CPU so that a seed means the same z on every device."""
+        return torch.randn(n, self.config.latent_dim, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images, float [n, C, H, W] in [0, 1], decoded from prior draws."""
+        z = self.sample_latents(n, generator).to(next(self.parameters()).device)
+        return self.decode(z)

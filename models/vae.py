@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.latent import LatentModel
+
 
 @dataclass
 class VAEConfig:
@@ -47,7 +49,7 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
                        torch.where(x > 1 - half_bin, log_one_minus_cdf_lower, log_mass))
 
 
-class VAE(nn.Module):
+class VAE(LatentModel):
     family = "vae"
     Config = VAEConfig
 
@@ -75,9 +77,6 @@ class VAE(nn.Module):
             nn.Conv2d(w1, 2 * c, 3, 1, 1),  # mean and log-scale per sub-pixel
         )
 
-    @property
-    def latent_dim(self) -> int:
-        return self.config.latent_dim
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: float [B, C, H, W] in [0, 1] -> (mu, logvar) of q(z|x), each [B, latent_dim]."""
@@ -95,14 +94,6 @@ class VAE(nn.Module):
         mean, _ = self._decoder_params(z)
         return mean.clamp(0, 1)
 
-    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws from the prior N(0, I), on the CPU so a seed means the same z on every device."""
-        return torch.randn(n, self.config.latent_dim, generator=generator)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = self.sample_latents(n, generator).to(next(self.parameters()).device)
-        return self.decode(z)
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The evidence lower bound on log p(x) in nats per image, with its two terms, each [B].
