@@ -2,8 +2,9 @@
 
 Every seed gets its own `torch.Generator().manual_seed(seed)`, so image i of a request with seed s
 is the image of seed s + i whatever else is asked for or batched with it. Only the models' CPU
-noise draws (`sample_latents`, `draw_noise`) are called here, never a forward pass: anything that
-runs a network (the encoder of an `{"image": ...}` latent) goes through the worker via `encode`.
+noise draws (`sample_latents`, `draw_noise`, `draw_completion_noise`) are called here, never a
+forward pass: anything that runs a network (the encoder of an `{"image": ...}` latent, a
+completion's class posterior) goes through the worker.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def pixel_noise(model: ServedModel, seeds: Sequence[int],
     noise = torch.cat([noise for noise, _ in draws])
     labels = None if draws[0][1] is None else torch.cat([cond for _, cond in draws])
     return noise, labels
+
+
+def completion_noise(model: ServedModel, seeds: Sequence[int], label: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The randomness of PixelCNN completions, one generator per seed: (uniforms, labels, class
+    uniforms). Without a label a conditional model's class is drawn in the worker, from its
+    posterior given the kept rows, by each seed's class uniform."""
+    draws = [model.module.draw_completion_noise(1, _generator(seed), None if label is None else torch.tensor([label]))
+             for seed in seeds]
+    noise, labels, class_u = (None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))
+    return noise, labels, class_u
 
 
 def class_index(model: ServedModel, name: str, loc: list) -> int:

@@ -39,8 +39,10 @@ def _sample(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, *
     return module.sample_from_noise(noise, temperature, cond)
 
 
-def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, images: torch.Tensor,
-              known: torch.Tensor, *, temperature: float) -> torch.Tensor:
+def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, class_u: torch.Tensor | None,
+              images: torch.Tensor, known: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    if class_u is not None:  # a conditional model, no class asked for: the kept rows choose it
+        cond = module.class_from_uniform(images, known, class_u)
     return module.sample_from_noise(noise, temperature, cond, x=images, known_mask=known)
 
 

@@ -144,7 +144,8 @@ class CompleteRequest(ImageRequest):
     seed: Seed | None = Field(None, description="completion i uses seed + i; random when omitted")
     temperature: Temperature = 1.0
     class_: ClassName | None = Field(None, alias="class", description="the completions' class "
-                                     "(a conditional PixelCNN draws one per completion from its seed otherwise)")
+                                     "(otherwise a conditional PixelCNN draws each completion's class from "
+                                     "its posterior given the kept rows, with the completion's seed)")
 
 
 class LikelihoodResponse(BaseModel):

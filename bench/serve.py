@@ -19,7 +19,8 @@ Prints one figure per line (grep-friendly), then the same as a Markdown table:
   MODEL n=1 c=C batching_ceiling X    raw images/s at batch C over batch 1: what batching gains
                                       the model alone
 `service/raw` is the service's images/s over the raw loop's at batch N; `server_cpu_ms/request` is
-the server process's CPU time (all threads) per answered request; `failed` counts every answer
+the server process's CPU time (all threads) per answered request, `client_cpu_ms/request` the
+bench process's (the httpx load generator shares the cores); `failed` counts every answer
 but 200 and 503 (a full queue's back-pressure, which is allowed), client errors included.
 """
 
@@ -90,6 +91,7 @@ class Result:
     elapsed: float = 0.0
     mean_batch: float = 0.0  # images per forward pass, from the server's /metrics
     server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0  # this process's, i.e. the load generator's, on the same cores
 
     @property
     def requests_per_s(self) -> float:
@@ -139,9 +141,10 @@ async def drive(url: str, name: str, n: int, concurrency: int, requests: int, se
 
 def measure(server: Server, name: str, n: int, concurrency: int, requests: int, seconds: float) -> Result:
     images, passes = batch_totals(server, name)
-    cpu = cpu_seconds(server)
+    cpu, client_cpu = cpu_seconds(server), time.process_time()
     result = asyncio.run(drive(server.url, name, n, concurrency, requests, seconds))
     result.server_cpu_s = cpu_seconds(server) - cpu
+    result.client_cpu_s = time.process_time() - client_cpu
     images_after, passes_after = batch_totals(server, name)
     result.mean_batch = (images_after - images) / max(1.0, passes_after - passes)
     return result
@@ -215,6 +218,7 @@ def report(label: str, r: Result, n: int, raw_rate: float) -> dict[str, str]:
                "p50_ms": f"{r.percentile_ms(50):.1f}", "p95_ms": f"{r.percentile_ms(95):.1f}",
                "p99_ms": f"{r.percentile_ms(99):.1f}", "mean_batch": f"{r.mean_batch:.1f}",
                "server_cpu_ms/request": f"{1000 * r.server_cpu_s / answered:.2f}",
+               "client_cpu_ms/request": f"{1000 * r.client_cpu_s / answered:.2f}",
                "service/raw": f"{r.requests_per_s * n / raw_rate:.2f}", "failed": str(r.failed)}
     for key, value in figures.items():
         print(f"{label} {key} {value}")

@@ -8,8 +8,9 @@
 Sample quality is measured in the feature space of the small classifier in `weights/classifier`
 (trained by `python -m models.train classifier`): the Frechet distance between generated samples
 and the test images, the same distance between the test and the train images (the floor a
-perfect generator would reach), and the classes the classifier gives the samples. For VAE and
-DCGAN it also stores each class's mean latent in the card, for `{"class": ...}` latents.
+perfect generator would reach), and the classes the classifier gives the samples. For a
+class-conditional PixelCNN it also completes test images from their top half and checks that the
+completions keep their class. For VAE and DCGAN it also stores each class's mean latent in the card, for `{"class": ...}` latents.
 """
 
 from __future__ import annotations
@@ -77,6 +78,27 @@ def generate(model: nn.Module, n: int, seed: int, batch_size: int, quiet: bool) 
         generator = torch.Generator().manual_seed(seed + start)
         out.append(model.sample(min(batch_size, n - start), generator=generator).cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def completion_report(model: nn.Module, classifier: nn.Module, test: ImageDataset, n: int, quiet: bool,
+                      keep_rows: int = 14, batch_size: int = 100) -> dict:
+    """Complete the bottom of n test images from their top `keep_rows` rows, the class left to the
+    model: how often the classifier gives a completion its image's class (a completion that
+    continues what it is shown), and how often the model's own class posterior does."""
+    images, labels = to_float(test.images[:n]), test.labels[:n]
+    known = torch.zeros_like(images, dtype=torch.bool)
+    known[:, :, :keep_rows] = True
+    device = next(model.parameters()).device
+    completions, posterior_hits = [], 0
+    for start in tqdm(range(0, n, batch_size), desc="completing", disable=quiet, mininterval=5):
+        x, mask = images[start:start + batch_size].to(device), known[start:start + batch_size].to(device)
+        posterior_hits += int((model.class_posterior(x, mask).argmax(1).cpu() == labels[start:start + batch_size]).sum())
+        completions.append(model.complete(x, mask, torch.Generator().manual_seed(start)).cpu())
+    _, probs = features_of(classifier, torch.cat(completions))
+    return {"completion_class_accuracy": round(float((probs.argmax(1) == labels).double().mean()), 4),
+            "completion_posterior_accuracy": round(posterior_hits / n, 4),
+            "completion_setup": f"top {keep_rows} rows of the first {n} test images kept, class not given"}
 
 
 @torch.no_grad()
@@ -173,6 +195,8 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
         **class_report(sample_probs, test.classes),
     })
     fields = {"metrics": metrics}
+    if model.family == "pixelcnn" and model.config.n_classes:
+        metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
     if model.family in ("vae", "dcgan"):
         latents = class_latents(model, classifier, train, quiet)
         metrics["class_mean_decodes_to_class"] = round(class_mean_accuracy(model, classifier, latents, test.classes), 3)

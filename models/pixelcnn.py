@@ -102,9 +102,31 @@ class PixelCNN(nn.Module):
                 for y in range(k)
             ])
             return torch.logsumexp(per_class, dim=0) - math.log(k)
+        return self._sub_pixel_log_probs(x, cond).flatten(1).sum(1)
+
+    def _sub_pixel_log_probs(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """log p(x_i | x_<i) for every sub-pixel, [B, C, H, W]."""
         logits = self(x, cond)  # [B, C, levels, H, W]
-        nll = F.cross_entropy(logits.transpose(1, 2), self._targets(x), reduction="none")
-        return -nll.flatten(1).sum(1)
+        return -F.cross_entropy(logits.transpose(1, 2), self._targets(x), reduction="none")
+
+    @torch.no_grad()
+    def class_posterior(self, x: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
+        """p(class | the known pixels of x), [B, K], under the uniform class prior.
+
+        It uses the known pixels that come before the first unknown one in raster order: their
+        likelihood given a class needs no unknown pixel, so for a mask of top rows (a completion)
+        the posterior is exact. Known pixels after a gap are left out of it."""
+        known_pixels = known_mask.expand_as(x).all(1)  # [B, H, W]: a pixel's channels come together
+        prefix = known_pixels.flatten(1).long().cumprod(1).view_as(known_pixels).unsqueeze(1)
+        per_class = [(self._sub_pixel_log_probs(x, torch.full((x.shape[0],), y, device=x.device)) * prefix)
+                     .flatten(1).sum(1) for y in range(self.config.n_classes)]
+        return torch.stack(per_class, 1).softmax(1)
+
+    def class_from_uniform(self, x: torch.Tensor, known_mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Each image's class drawn from `class_posterior` by inverse CDF on u [B] in [0, 1)."""
+        cdf = self.class_posterior(x, known_mask).cumsum(1)
+        picked = torch.searchsorted(cdf, u.to(cdf)[:, None]).squeeze(1)
+        return picked.clamp_(max=self.config.n_classes - 1)
 
     @staticmethod
     def bits_per_dim(log_prob_nats: torch.Tensor, num_dims: int) -> torch.Tensor:
@@ -122,6 +144,15 @@ class PixelCNN(nn.Module):
         noise = torch.rand((n, *self.config.image_shape), generator=generator)
         return noise, cond
 
+    def draw_completion_noise(self, n: int, generator: torch.Generator | None = None, cond: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The randomness of n completions: (noise, cond, class_u). A conditional model given no
+        `cond` gets a uniform per image instead (drawn first), that picks its class from
+        `class_posterior` once the known pixels are at hand."""
+        class_u = torch.rand(n, generator=generator) if self.config.n_classes and cond is None else None
+        noise = torch.rand((n, *self.config.image_shape), generator=generator)
+        return noise, cond, class_u
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
                cond: torch.Tensor | None = None, fast: bool = True) -> torch.Tensor:
@@ -132,8 +163,13 @@ class PixelCNN(nn.Module):
     @torch.no_grad()
     def complete(self, x: torch.Tensor, known_mask: torch.Tensor, generator: torch.Generator | None = None,
                  temperature: float = 1.0, cond: torch.Tensor | None = None, fast: bool = True) -> torch.Tensor:
-        """Fill in the pixels where `known_mask` [B, 1|C, H, W] is False, given the others."""
-        noise, cond = self.draw_noise(x.shape[0], generator, cond)
+        """Fill in the pixels where `known_mask` [B, 1|C, H, W] is False, given the others.
+        A conditional model given no `cond` draws each image's class from its posterior given the
+        known pixels (`class_posterior`), so that the completion continues what it is shown."""
+        noise, cond, class_u = self.draw_completion_noise(x.shape[0], generator, cond)
+        if class_u is not None:
+            weight = next(self.parameters())
+            cond = self.class_from_uniform(x.to(weight), known_mask.to(weight.device), class_u)
         return self.sample_from_noise(noise, temperature, cond, x=x, known_mask=known_mask, fast=fast)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Pictures of the shipped models for the docs: sample grids, interpolations, class arithmetic.
+"""Pictures of the shipped models for the docs: sample grids, interpolations, class arithmetic,
+VAE reconstructions and PixelCNN completions.
 
     python -m models.showcase --out docs/samples
 
@@ -14,11 +15,20 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.data import load_dataset, to_float
 from models.evaluate import DEFAULT_CLASSIFIER, features_of
 from models.grid import save_grid
 from models.latent import slerp
 
+COMPLETION_ROWS = 14
 ARITHMETIC = [("Ankle boot", "Sneaker", "Sandal"), ("Pullover", "T-shirt/top", "Dress")]
+
+
+def one_per_class(card: dict) -> torch.Tensor:
+    """The first test image of each class, in class order."""
+    test = load_dataset(card["dataset"], "test")
+    firsts = [int((test.labels == label).nonzero()[0]) for label in range(len(test.classes))]
+    return to_float(test.images[firsts])
 
 
 def seed_latent(model, seed: int) -> torch.Tensor:
@@ -34,12 +44,23 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
         if not (weights / name).is_dir():
             continue
         model, card = load_checkpoint(weights / name)
+        examples = one_per_class(card)
         if name == "pixelcnn":
             cond = torch.arange(40) // 4 % 10
             images = model.sample(40, torch.Generator().manual_seed(0), cond=cond)
             save_grid(images, out / "pixelcnn_samples.png", nrow=8)
+            # Completions: a test image per class, its top half, then completions whose class the
+            # model infers from that half.
+            known = torch.zeros_like(examples, dtype=torch.bool)
+            known[:, :, :COMPLETION_ROWS] = True
+            rows = [examples, examples * known] + [model.complete(examples, known, torch.Generator().manual_seed(seed))
+                                                   for seed in range(3)]
+            save_grid(torch.cat(rows), out / "pixelcnn_completions.png", nrow=len(examples))
             continue
         save_grid(model.sample(64, torch.Generator().manual_seed(0)), out / f"{name}_samples.png", nrow=8)
+        if name == "vae":  # reconstructions: test images above, decoded encoder means below
+            save_grid(torch.cat([examples, model.decode(model.encode(examples)[0])]),
+                      out / "vae_reconstructions.png", nrow=len(examples))
         # Interpolation strips: seed pairs, slerp.
         rows = [model.decode(slerp(seed_latent(model, a), seed_latent(model, b), torch.linspace(0, 1, 10)))
                 for a, b in [(1, 2), (3, 4), (5, 6)]]

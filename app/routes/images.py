@@ -72,10 +72,10 @@ async def complete(request: Request, model: Annotated[ServedModel, Depends(capab
     image = await read_image(model, settings, body.image, ["body", "image"])
     label = latents.class_index(model, body.class_, ["body", "class"]) if body.class_ else None
     seed = pick_seed(body.seed)
-    noise, labels = latents.pixel_noise(model, range(seed, seed + body.n), label)
+    noise, labels, class_u = latents.completion_noise(model, range(seed, seed + body.n), label)
     known = torch.zeros(1, 1, height, width, dtype=torch.bool)
     known[:, :, : body.keep_rows] = True
-    completions = await infer(request, model, COMPLETE, noise, labels, image.expand(body.n, -1, -1, -1),
+    completions = await infer(request, model, COMPLETE, noise, labels, class_u, image.expand(body.n, -1, -1, -1),
                               known.expand(body.n, -1, -1, -1), temperature=body.temperature)
     return image_response(torch.cat([image * known, completions]), format, nrow=body.n + 1, seed=seed)
 

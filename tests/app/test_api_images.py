@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from apptest import b64png, encode_png, grid_shape, png
 
@@ -72,6 +73,22 @@ async def test_complete_keeps_the_top_rows(client):
     assert png(grid.content).shape == grid_shape(n + 1, n + 1, 28, 28)
     again = await client.post("/v1/models/pixelcnn/complete", json=body)
     assert again.content == grid.content
+
+
+@pytest.mark.parametrize("class_", [None, "Trouser"])
+async def test_a_completion_is_the_models_completion_of_its_seed(client, class_):
+    """Without a class the kept rows choose it (the PixelCNN's class posterior); with one, it is used."""
+    body = {"image": SHIRT, "keep_rows": 14, "n": 2, "seed": 8} | ({"class": class_} if class_ else {})
+    response = await client.post("/v1/models/pixelcnn/complete?format=json", json=body)
+    assert response.status_code == 200, response.text
+    served = client.app.state.registry.get("pixelcnn")
+    x = torch.from_numpy(shirt()).float()[None, None] / 255
+    known = torch.zeros_like(x, dtype=torch.bool)
+    known[:, :, :14] = True
+    cond = None if class_ is None else torch.tensor([served.classes.index(class_)])
+    for i, image in enumerate(response.json()["images"][1:]):
+        expected = served.module.complete(x, known, generator=torch.Generator().manual_seed(8 + i), cond=cond)
+        assert np.array_equal(b64png(image), (expected[0, 0] * 255).round().byte().numpy())
 
 
 async def test_complete_is_for_pixelcnn_and_checks_keep_rows(client):

@@ -97,6 +97,45 @@ def test_complete_keeps_the_known_pixels_and_samples_the_rest():
     assert torch.equal(out, naive)
 
 
+def test_class_posterior_is_bayes_rule_on_the_known_rows():
+    model = small(n_classes=3)
+    x = (torch.rand(2, 1, 12, 12, dtype=torch.double) * 255).round() / 255
+    everything = torch.ones(2, 1, 12, 12, dtype=torch.bool)
+    joint = torch.stack([model.log_prob(x, torch.full((2,), y)) for y in range(3)], 1)
+    assert torch.allclose(model.class_posterior(x, everything), joint.softmax(1))
+    # Top rows known: the rows below cannot move it (they come later in raster order), nor can
+    # known pixels after a gap.
+    top = torch.zeros_like(everything)
+    top[:, :, :5] = True
+    posterior = model.class_posterior(x, top)
+    assert torch.allclose(posterior.sum(1), torch.ones(2, dtype=torch.double))
+    other = x.clone()
+    other[:, :, 5:] = 1 - other[:, :, 5:]
+    gap = top.clone()
+    gap[:, :, 8:] = True
+    assert torch.allclose(model.class_posterior(other, top), posterior)
+    assert torch.allclose(model.class_posterior(other, gap), posterior)
+    assert torch.allclose(model.class_posterior(x, torch.zeros_like(top)), torch.full((2, 3), 1 / 3, dtype=torch.double))
+
+
+def test_a_completion_without_class_takes_it_from_the_known_pixels():
+    model = small(n_classes=3)
+    x = (torch.rand(64, 1, 12, 12, dtype=torch.double) * 255).round() / 255
+    known = torch.zeros(64, 1, 12, 12, dtype=torch.bool)
+    known[:, :, :6] = True
+    posterior = model.class_posterior(x, known)
+    # Inverse CDF: u just below the first class's mass picks it, just above picks the next one.
+    u = posterior[:, 0]
+    assert torch.equal(model.class_from_uniform(x, known, u - 1e-9), torch.zeros(64, dtype=torch.long))
+    assert (model.class_from_uniform(x, known, u + 1e-9) >= 1).all()
+    # complete() draws u first from the generator, then the noise: the same seed, the same image.
+    out = model.complete(x[:2], known[:2], generator=torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(4)
+    cond = model.class_from_uniform(x[:2], known[:2], torch.rand(2, generator=generator))
+    noise, _ = model.draw_noise(2, generator, cond)
+    assert torch.equal(out, model.sample_from_noise(noise, cond=cond, x=x[:2], known_mask=known[:2]))
+
+
 def test_low_temperature_concentrates_on_the_mode():
     model = small()
     noise, _ = model.draw_noise(2, torch.Generator().manual_seed(0))

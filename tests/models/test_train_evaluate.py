@@ -80,6 +80,8 @@ def test_evaluate_writes_metrics_and_class_latents(tmp_path, capsys):
         m = card["metrics"]
         assert m["frechet_distance"] > m["frechet_distance_test_vs_train"] >= 0
         assert 0 <= m["class_entropy_nats"] <= m["class_entropy_max_nats"]
+    completion = pixelcnn_card["metrics"]
+    assert 0 <= completion["completion_class_accuracy"] <= 1 and 0 <= completion["completion_posterior_accuracy"] <= 1
     latents = vae_card["class_latents"]
     assert set(latents) <= set(vae_card["classes"]) and len(latents) >= 5
     assert all(len(v["mean"]) == 8 for v in latents.values())
