@@ -46,11 +46,8 @@ def pixel_noise(model: ServedModel, seeds: Sequence[int],
                 label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """PixelCNN's randomness, one generator per seed: (uniforms [n, C, H, W], class labels [n] or None).
     Without a label a conditional model draws each image's class from its seed."""
-    draws = [model.module.draw_noise(1, _generator(seed), None if label is None else torch.tensor([label]))
-             for seed in seeds]
-    noise = torch.cat([noise for noise, _ in draws])
-    labels = None if draws[0][1] is None else torch.cat([cond for _, cond in draws])
-    return noise, labels
+    cond = None if label is None else torch.tensor([label])
+    return _concat([model.module.draw_noise(1, _generator(seed), cond) for seed in seeds])
 
 
 def completion_noise(model: ServedModel, seeds: Sequence[int], label: int | None = None
@@ -58,10 +55,13 @@ def completion_noise(model: ServedModel, seeds: Sequence[int], label: int | None
     """The randomness of PixelCNN completions, one generator per seed: (uniforms, labels, class
     uniforms). Without a label a conditional model's class is drawn in the worker, from its
     posterior given the kept rows, by each seed's class uniform."""
-    draws = [model.module.draw_completion_noise(1, _generator(seed), None if label is None else torch.tensor([label]))
-             for seed in seeds]
-    noise, labels, class_u = (None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))
-    return noise, labels, class_u
+    cond = None if label is None else torch.tensor([label])
+    return _concat([model.module.draw_completion_noise(1, _generator(seed), cond) for seed in seeds])
+
+
+def _concat(draws: list[tuple]) -> tuple:
+    """Per-seed draws of (tensor or None, ...) -> each field concatenated over the seeds, or None."""
+    return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))
 
 
 def class_index(model: ServedModel, name: str, loc: list) -> int:

@@ -92,9 +92,6 @@ class DCGAN(LatentModel):
         self.discriminator = Discriminator(config)
         self.apply(init_weights)
 
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> images, float [B, C, H, W] in [0, 1]."""
         return (self.generator(z) + 1) / 2
-
-

@@ -10,7 +10,8 @@ Sample quality is measured in the feature space of the small classifier in `weig
 and the test images, the same distance between the test and the train images (the floor a
 perfect generator would reach), and the classes the classifier gives the samples. For a
 class-conditional PixelCNN it also completes test images from their top half and checks that the
-completions keep their class. For VAE and DCGAN it also stores each class's mean latent in the card, for `{"class": ...}` latents.
+completions keep their class. For VAE and DCGAN it also stores each class's mean latent in the
+card, for `{"class": ...}` latents.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def completion_report(model: nn.Module, classifier: nn.Module, test: ImageDatase
     completions, posterior_hits = [], 0
     for start in tqdm(range(0, n, batch_size), desc="completing", disable=quiet, mininterval=5):
         x, mask = images[start:start + batch_size].to(device), known[start:start + batch_size].to(device)
-        posterior_hits += int((model.class_posterior(x, mask).argmax(1).cpu() == labels[start:start + batch_size]).sum())
+        guessed = model.class_posterior(x, mask).argmax(1).cpu()
+        posterior_hits += int((guessed == labels[start:start + batch_size]).sum())
         completions.append(model.complete(x, mask, torch.Generator().manual_seed(start)).cpu())
     _, probs = features_of(classifier, torch.cat(completions))
     return {"completion_class_accuracy": round(float((probs.argmax(1) == labels).double().mean()), 4),

@@ -77,7 +77,6 @@ class VAE(LatentModel):
             nn.Conv2d(w1, 2 * c, 3, 1, 1),  # mean and log-scale per sub-pixel
         )
 
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: float [B, C, H, W] in [0, 1] -> (mu, logvar) of q(z|x), each [B, latent_dim]."""
         mu, logvar = self.encoder(x * 2 - 1).chunk(2, dim=1)
@@ -93,7 +92,6 @@ class VAE(LatentModel):
         """z [B, latent_dim] -> the decoder's mean image, float [B, C, H, W] in [0, 1]."""
         mean, _ = self._decoder_params(z)
         return mean.clamp(0, 1)
-
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The evidence lower bound on log p(x) in nats per image, with its two terms, each [B].

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app import latents
 from app.operations import DECODE, SAMPLE_PIXELS
 from app.registry import ServedModel
-from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, PNG_RESPONSES, Format, SettingsDep, capable, check_at_most, check_n,
-                             encoder, image_response, infer, pick_seed)
+from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, PNG_RESPONSES, Format, SettingsDep, capable,
+                             check_at_most, check_n, encoder, image_response, infer, pick_seed)
 from app.schemas import (ArithmeticRequest, ImagesResponse, InterpolateRequest, LatentsRequest, LatentsResponse,
                          SamplesQuery, SamplesRequest)
 

@@ -115,7 +115,8 @@ def test_class_posterior_is_bayes_rule_on_the_known_rows():
     gap[:, :, 8:] = True
     assert torch.allclose(model.class_posterior(other, top), posterior)
     assert torch.allclose(model.class_posterior(other, gap), posterior)
-    assert torch.allclose(model.class_posterior(x, torch.zeros_like(top)), torch.full((2, 3), 1 / 3, dtype=torch.double))
+    uniform = torch.full((2, 3), 1 / 3, dtype=torch.double)
+    assert torch.allclose(model.class_posterior(x, torch.zeros_like(top)), uniform)
 
 
 def test_a_completion_without_class_takes_it_from_the_known_pixels():
