@@ -22,15 +22,23 @@ class DCGANConfig:
     latent_dim: int = 100
     generator_width: int = 64  # channels of the last hidden layer; x2 and x4 further in
     discriminator_width: int = 64
+    # "batch": the paper's batchnorm; "spectral": spectral normalisation of every weight (Miyato et
+    # al. 2018), which bounds the discriminator's Lipschitz constant and steadies the game.
+    discriminator_norm: str = "batch"
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
         if self.image_shape[1] % 4 or self.image_shape[2] % 4:
             raise ValueError("DCGAN image height and width must be multiples of 4")
+        if self.discriminator_norm not in ("batch", "spectral"):
+            raise ValueError(f"discriminator_norm must be 'batch' or 'spectral', not {self.discriminator_norm!r}")
 
 
 def init_weights(module: nn.Module) -> None:
-    """The paper's initialisation: N(0, 0.02) weights, batchnorm scales N(1, 0.02)."""
+    """The paper's initialisation: N(0, 0.02) weights, batchnorm scales N(1, 0.02). Spectrally
+    normalised layers keep PyTorch's default, as in Miyato et al.: their scale is normalised away."""
+    if nn.utils.parametrize.is_parametrized(module):
+        return
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
     elif isinstance(module, nn.BatchNorm2d):
@@ -64,14 +72,19 @@ class Discriminator(nn.Module):
         super().__init__()
         c, h, w = config.image_shape
         d = config.discriminator_width
+        spectral = config.discriminator_norm == "spectral"
+
+        def conv(c_in: int, c_out: int, kernel, stride: int, padding: int, normed: bool) -> list[nn.Module]:
+            layer = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=spectral or not normed)
+            if spectral:
+                return [nn.utils.parametrizations.spectral_norm(layer)]
+            return [layer, nn.BatchNorm2d(c_out)] if normed else [layer]
+
         self.net = nn.Sequential(
-            nn.Conv2d(c, d, 4, 2, 1),
-            nn.LeakyReLU(0.2, True),
-            nn.Conv2d(d, 2 * d, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(2 * d), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * d, 4 * d, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(4 * d), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(4 * d, 1, (h // 4, w // 4), 1, 0),
+            *conv(c, d, 4, 2, 1, normed=False), nn.LeakyReLU(0.2, True),
+            *conv(d, 2 * d, 4, 2, 1, normed=True), nn.LeakyReLU(0.2, True),
+            *conv(2 * d, 4 * d, 3, 1, 1, normed=True), nn.LeakyReLU(0.2, True),
+            *conv(4 * d, 1, (h // 4, w // 4), 1, 0, normed=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -65,14 +65,39 @@ class Objective(nn.Module):
         raise ValueError(f"no single-loss objective for {m.family}")
 
 
+def extend_model(model: nn.Module, config: dict) -> nn.Module:
+    """A module of `model`'s family built from `config`, holding `model`'s weights: the parts the
+    config adds start from their initialisation; every weight of `model` must fit the new one."""
+    extended = build_model(model.family, config)
+    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    if unexpected:
+        raise SystemExit(f"error: the new config drops weights of the checkpoint: {unexpected[:5]}")
+    return extended
+
+
+def trainable_parameters(model: nn.Module, prefix: str | None) -> list[nn.Parameter]:
+    """All parameters, or with a prefix only those under it; the others are frozen (no gradients)."""
+    if not prefix:
+        return list(model.parameters())
+    chosen = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(prefix))
+        if parameter.requires_grad:
+            chosen.append(parameter)
+    if not chosen:
+        raise SystemExit(f"error: --train-only {prefix}: the model has no parameters under that name")
+    return chosen
+
+
 class LossTrainer:
     """PixelCNN, VAE and the classifier: one loss, one Adam."""
 
     def __init__(self, model: nn.Module, args, distributed: bool):
         self.model = model
+        self.parameters = trainable_parameters(model, args.train_only)
         objective = Objective(model)
         self.objective = DistributedDataParallel(objective) if distributed else objective
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+        self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(args.beta1, 0.999))
         self.grad_clip = args.grad_clip
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
@@ -81,7 +106,7 @@ class LossTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.optimizer.step()
         return {"loss": loss.item(), **logs}
 
@@ -111,9 +136,11 @@ class GANTrainer:
         betas = (args.beta1, 0.999)
         self.opt_g = torch.optim.Adam(model.generator.parameters(), lr=args.lr, betas=betas)
         self.opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=args.lr, betas=betas)
+        self.hinge = args.gan_loss == "hinge"
         self.ema = build_model("dcgan", dataclasses.asdict(model.config)).generator.to(args.device)
         self.ema.load_state_dict(model.generator.state_dict())
         self.ema_decay = args.ema
+        self.ema_updates = 0
         self.latent_dim = model.config.latent_dim
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
@@ -121,21 +148,32 @@ class GANTrainer:
         b = x.shape[0]
         z = torch.randn(b, self.latent_dim, generator=noise).to(x.device)
         fake = (self.generator(z) + 1) / 2
-        ones, zeros = torch.ones(b, device=x.device), torch.zeros(b, device=x.device)
-        # Discriminator: real -> 1, fake -> 0.
+        # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
         d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
-        loss_d = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+        if self.hinge:
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        else:
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        # Generator: make the discriminator say 1 on fakes (the non-saturating loss).
-        loss_g = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+        # Generator: raise the discriminator's score of the fakes (the non-saturating loss).
+        d_fake_for_g = self.discriminator(fake)
+        if self.hinge:
+            loss_g = -d_fake_for_g.mean()
+        else:
+            loss_g = F.binary_cross_entropy_with_logits(d_fake_for_g, torch.ones_like(d_fake_for_g))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        # The average warms up (TensorFlow's num_updates rule) so that early exports are not
+        # dominated by the initial weights: decay min(ema, (1 + t) / (10 + t)) at update t.
+        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        self.ema_updates += 1
         with torch.no_grad():
             for p_ema, p in zip(self.ema.parameters(), self.model.generator.parameters()):
-                p_ema.lerp_(p, 1 - self.ema_decay)
+                p_ema.lerp_(p, 1 - decay)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
 
@@ -143,12 +181,13 @@ class GANTrainer:
         return [self.opt_g, self.opt_d]
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "ema_updates": self.ema_updates,
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        self.ema_updates = state.get("ema_updates", 10 ** 9)  # states saved before the warm-up: none
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
 
@@ -193,11 +232,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta1", type=float)
     parser.add_argument("--grad-clip", type=float)
     parser.add_argument("--ema", type=float, help="generator EMA decay (dcgan)")
+    parser.add_argument("--gan-loss", choices=["bce", "hinge"], help="the adversarial loss (dcgan)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="checkpoint folder (default weights/FAMILY)")
+    parser.add_argument("--name", help="the checkpoint's name in its card (default: the --out folder's name)")
     parser.add_argument("--state-dir", type=Path, help="resumable training state (default runs/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue from --state-dir if it holds a state")
     parser.add_argument("--init-from", type=Path, help="start from this checkpoint's weights and training record")
+    parser.add_argument("--train-only", metavar="PREFIX",
+                        help="optimise only the parameters whose names start with PREFIX (e.g. second_stage)")
     parser.add_argument("--save-minutes", type=float, help="also save the state this often within an epoch")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -210,14 +253,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     defaults = dict(dataset="fashion-mnist", epochs=1, batch_size=64, lr=1e-3, lr_decay=1.0, beta1=0.9,
-                    grad_clip=0.0, ema=0.999, seed=0, save_minutes=10.0)
+                    grad_clip=0.0, ema=0.999, gan_loss="bce", seed=0, save_minutes=10.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.model_config = dict(preset.get("model", {}))
+    args.config_overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        args.model_config[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+        args.config_overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+    args.model_config = {**preset.get("model", {}), **args.config_overrides}
     args.out = args.out or Path("weights") / args.family
     args.state_dir = args.state_dir or Path("runs") / args.out.name
     return args
@@ -266,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from:
         # Warm start from a servable checkpoint (the shipped weights, say) when no training state
         # is at hand: its config, weights and training record carry over; the optimiser starts afresh.
+        # `--set` may add parts to it (a VAE's second stage): those start fresh, the rest loads.
         model, source_card = load_checkpoint(args.init_from, device)
+        if args.config_overrides:
+            model = extend_model(model, {**source_card["config"], **args.config_overrides}).to(device)
         record = source_card["training"]
         epochs_done = float(record["epochs"])
         progress.update(epoch=int(epochs_done), batch=round((epochs_done % 1) * batches_per_epoch),
@@ -295,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         os.replace(args.state_dir / "state.pt.tmp", state_file)
         exported = trainer.export()
         save_checkpoint(exported, args.out, {
-            "name": args.out.name,
+            "name": args.name or args.out.name,
             "dataset": args.dataset,
             "classes": train.classes,
             "image_shape": list(train.image_shape),

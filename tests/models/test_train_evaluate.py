@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from models import evaluate, train
+from models import baselines, evaluate, train
 from models.checkpoint import load_checkpoint, read_card
 from models.data import load_dataset, to_float
 
@@ -35,13 +36,15 @@ def test_training_lowers_the_loss(family, tmp_path):
     assert (out / "samples.png").exists() or family == "classifier"
 
 
-def test_dcgan_training_moves_samples_towards_the_data(tmp_path):
+@pytest.mark.parametrize("game", [[], ["--gan-loss", "hinge", "--set", "latent_dim=16", "generator_width=16",
+                                       "discriminator_width=16", "discriminator_norm=spectral"]])
+def test_dcgan_training_moves_samples_towards_the_data(tmp_path, game):
     data = to_float(load_dataset("fashion-mnist", "train", limit=512).images)
-    untrained = run("dcgan", tmp_path, "--max-steps", "1")
+    untrained = run("dcgan", tmp_path, "--max-steps", "1", *game)
     before, _ = load_checkpoint(untrained)
     gen = torch.Generator().manual_seed(0)
     gap_before = (before.sample(256, gen).mean(0) - data.mean(0)).abs().mean()
-    trained = run("dcgan", tmp_path, "--epochs", "4", "--resume", "--ema", "0.9")
+    trained = run("dcgan", tmp_path, "--epochs", "4", "--resume", "--ema", "0.9", *game)
     after, card = load_checkpoint(trained)
     gap_after = (after.sample(256, torch.Generator().manual_seed(0)).mean(0) - data.mean(0)).abs().mean()
     assert gap_after < 0.6 * gap_before, (float(gap_before), float(gap_after))
@@ -92,7 +95,51 @@ def test_init_from_a_checkpoint_carries_its_weights_and_record_over(tmp_path):
     first = run("vae", tmp_path, "--epochs", "1")
     out, state = tmp_path / "continued", tmp_path / "runs" / "continued"
     train.main(["vae", "--limit", "512", "--batch-size", "32", "--out", str(out), "--state-dir", str(state),
-                "--quiet", "--threads", "1", "--init-from", str(first), "--epochs", "2", "--set", "latent_dim=3"])
+                "--quiet", "--threads", "1", "--init-from", str(first), "--epochs", "2"])
     card = read_card(out)
-    assert card["config"]["latent_dim"] == 8, "the source checkpoint's config wins"
+    assert card["config"]["latent_dim"] == 8, "the source checkpoint's config, not the preset's"
     assert card["training"]["steps"] == 32 and [h["epoch"] for h in card["training"]["history"]] == [1, 2]
+
+
+def test_init_from_refuses_a_config_that_changes_trained_weights(tmp_path):
+    first = run("vae", tmp_path, "--epochs", "1")
+    with pytest.raises((SystemExit, RuntimeError)):
+        train.main(["vae", "--limit", "512", "--batch-size", "32", "--out", str(tmp_path / "x"), "--quiet",
+                    "--state-dir", str(tmp_path / "runs" / "x"), "--init-from", str(first), "--epochs", "2",
+                    "--set", "latent_dim=3"])
+
+
+def test_a_second_stage_fits_beside_a_frozen_first_stage(tmp_path):
+    """Dai & Wipf's recipe through the one training loop: --set adds the second stage to a trained
+    VAE, --train-only trains just it, and the first stage's weights come out untouched."""
+    first = run("vae", tmp_path, "--epochs", "1")
+    out, state = tmp_path / "two_stage", tmp_path / "runs" / "two_stage"
+    train.main(["vae", "--limit", "512", "--batch-size", "32", "--out", str(out), "--state-dir", str(state),
+                "--quiet", "--threads", "1", "--init-from", str(first), "--epochs", "4", "--lr", "3e-3",
+                "--set", "second_stage_hidden=32", "--train-only", "second_stage"])
+    before, _ = load_checkpoint(first)
+    after, card = load_checkpoint(out)
+    assert card["config"]["second_stage_hidden"] == 32 and "--train-only" in card["training"]["command"]
+    for name, tensor in before.state_dict().items():
+        assert torch.equal(tensor, after.state_dict()[name]), name
+    history = card["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["loss"] < history[1]["loss"]
+    # The served latent is the second stage's: decode goes u -> z -> x and encode x -> z -> u.
+    x = to_float(load_dataset("fashion-mnist", "test", limit=4).images)
+    u = after.encode(x)[0]
+    with torch.no_grad():
+        assert torch.allclose(after.decode(u), before.decode(after.second_stage.decoder(u)))
+        assert torch.allclose(u, after.second_stage.encode(before.encode(x)[0])[0])
+
+
+def test_baseline_recipes_write_samples_that_evaluate_scores(tmp_path):
+    classifier = run("classifier", tmp_path, "--epochs", "1")
+    for recipe in ("dcgan", "vae"):
+        out = tmp_path / "baselines" / recipe
+        record = baselines.train_baseline(recipe, minutes=0.02, out=out, n_samples=100, limit=256, quiet=True)
+        assert record["steps"] >= 1 and record["budget_minutes"] == 0.02
+        samples = load_file(str(out / baselines.SAMPLES_FILE))["samples"]
+        assert samples.shape == (100, 1, 28, 28) and samples.dtype == torch.uint8
+        metrics = evaluate.evaluate(out, classifier, limit=200)
+        assert metrics["frechet_distance"] > metrics["frechet_distance_test_vs_train"] >= 0
+        assert json.loads((out / baselines.BASELINE_FILE).read_text())["metrics"] == metrics

@@ -1,0 +1,199 @@
+"""The standard recipes, trained for a fixed budget: what a user gets without genserve.
+
+    python -m models.baselines dcgan --minutes 45     # pytorch/examples' DCGAN, natively 28x28
+    python -m models.baselines vae --minutes 10       # pytorch/examples' MLP VAE (784-400-20)
+    python -m models.evaluate runs/baselines/dcgan runs/baselines/vae   # score them
+
+Each recipe is written as its example writes it (architecture, initialisation, optimiser, loss,
+batch size) so that the comparison in docs/quality.md is reproducible here. The budget counts the
+training loop's own CPU time divided by its threads: on a quiet machine that is the wall-clock
+time, and on a shared one wall-clock time would hand the recipe less compute than it had.
+At the end the recipe writes `samples.safetensors` (10,000 uint8 images from fixed seeds), a
+grid of the first 64, and `baseline.json` (the recipe, budget, epochs and steps done), which
+`models.evaluate` scores in the same feature space as the shipped models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from models.data import load_dataset, to_float
+from models.grid import save_grid
+
+BASELINE_FILE = "baseline.json"
+SAMPLES_FILE = "samples.safetensors"
+
+
+class BaselineDCGAN(nn.Module):
+    """pytorch/examples' DCGAN (nz 100, ngf = ndf = 64, batchnorm, ReLU / LeakyReLU 0.2, tanh),
+    its 64x64 tower cut to the 28x28 images: 1 -> 7 -> 14 -> 28 in the generator and back."""
+
+    recipe = ("pytorch/examples dcgan at native 28x28: G 100-128x7x7-64x14x14-1x28x28, "
+              "D 1-64-128-1, BCE, Adam 2e-4 beta1 0.5, batch 64")
+    batch_size, lr, betas, latent_dim = 64, 2e-4, (0.5, 0.999), 100
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        g = d = width
+        self.generator = nn.Sequential(
+            nn.ConvTranspose2d(self.latent_dim, 2 * g, 7, 1, 0, bias=False), nn.BatchNorm2d(2 * g), nn.ReLU(True),
+            nn.ConvTranspose2d(2 * g, g, 4, 2, 1, bias=False), nn.BatchNorm2d(g), nn.ReLU(True),
+            nn.ConvTranspose2d(g, 1, 4, 2, 1, bias=False), nn.Tanh(),
+        )
+        self.discriminator = nn.Sequential(
+            nn.Conv2d(1, d, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(d, 2 * d, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * d), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * d, 1, 7, 1, 0, bias=False),
+        )
+        for module in self.modules():  # the example's weights_init
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas)
+
+    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict:
+        real = x * 2 - 1
+        fake = self.generator(torch.randn(x.shape[0], self.latent_dim, 1, 1, generator=noise))
+        d_real, d_fake = self.discriminator(real).flatten(), self.discriminator(fake.detach()).flatten()
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        d_fake = self.discriminator(fake).flatten()
+        loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        # As the example draws its pictures: the generator in training mode, batchnorm on the
+        # statistics of the batch (500 here), which for a GAN looks better than the running ones.
+        return (self.generator(torch.randn(n, self.latent_dim, 1, 1, generator=generator)) + 1) / 2
+
+
+class BaselineVAE(nn.Module):
+    """pytorch/examples' VAE: MLP 784-400-20 with ReLU, a Bernoulli decoder (BCE on the gray
+    levels as probabilities), Adam 1e-3, batch 128; samples are the decoder's means."""
+
+    recipe = "pytorch/examples vae: MLP 784-400-20-400-784, Bernoulli decoder (BCE), Adam 1e-3, batch 128"
+    batch_size, lr, latent_dim = 128, 1e-3, 20
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc4(F.relu(self.fc3(z)))
+
+    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict:
+        x = x.flatten(1)
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=noise)
+        bce = F.binary_cross_entropy_with_logits(self.decode_logits(z), x, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (bce + kld) / x.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(n, self.latent_dim, generator=generator)
+        return torch.sigmoid(self.decode_logits(z)).view(n, 1, 28, 28)
+
+
+RECIPES = {"dcgan": BaselineDCGAN, "vae": BaselineVAE}
+
+
+def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed: int = 0, n_samples: int = 10000,
+                   data_dir: str | None = None, limit: int | None = None, quiet: bool = False) -> dict:
+    """Train recipe `name` until its CPU budget is spent (finishing the step under way), then write
+    its samples and record into `out`."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    train = load_dataset("fashion-mnist", "train", data_dir, limit=limit)
+    model = RECIPES[name]()
+    noise = torch.Generator().manual_seed(seed)
+    budget_s, used_s, steps, epochs = minutes * 60, 0.0, 0, 0.0
+    steps_per_epoch = len(train) // model.batch_size
+    wall_start = time.monotonic()
+    bar = tqdm(total=round(budget_s), desc=f"baseline {name}", unit="cpu-s", disable=quiet, mininterval=5)
+    while used_s < budget_s:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 7919 + int(epochs)))
+        for batch in range(steps_per_epoch):
+            start = time.process_time()
+            x = to_float(train.images[order[batch * model.batch_size:(batch + 1) * model.batch_size]])
+            logs = model.train_step(x, noise)
+            spent = (time.process_time() - start) / threads
+            used_s += spent
+            steps += 1
+            bar.update(spent)
+            if steps % 50 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            if used_s >= budget_s:
+                break
+        epochs = steps / steps_per_epoch
+    bar.close()
+    samples = torch.cat([model.sample(500, torch.Generator().manual_seed(seed + start))
+                         for start in range(0, n_samples, 500)])[:n_samples]
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"samples": samples.clamp(0, 1).mul(255).round().to(torch.uint8)}, str(out / SAMPLES_FILE))
+    save_grid(samples[:64], out / "samples.png", nrow=8)
+    record = {
+        "baseline": name,
+        "recipe": model.recipe,
+        "budget_minutes": minutes,
+        "budget_clock": f"training-loop CPU time / {threads} thread(s)",
+        "threads": threads,
+        "wall_time_s": round(time.monotonic() - wall_start, 1),
+        "steps": steps,
+        "epochs": round(epochs, 2),
+        "train_images": len(train),
+        "samples": n_samples,
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {},
+    }
+    (out / BASELINE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m models.baselines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", choices=sorted(RECIPES))
+    parser.add_argument("--minutes", type=float, required=True, help="training budget (CPU minutes per thread)")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/baselines/RECIPE)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=10000)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    record = train_baseline(args.recipe, args.minutes, args.out or Path("runs/baselines") / args.recipe,
+                            args.threads, args.seed, args.samples, args.data_dir, args.limit, args.quiet)
+    print(json.dumps({k: v for k, v in record.items() if k != "metrics"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
