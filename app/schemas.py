@@ -2,7 +2,8 @@
 
 Limits that are settings (n, steps, terms) are checked by the routes against the settings and
 answered 422 in the same shape; everything static is checked here. Floats must be finite: JSON
-bodies may carry NaN or Infinity, and they are refused with 422.
+bodies may carry NaN or Infinity, and they are refused with 422. Every list has a static cap, so
+that no body, however built, costs more than a bounded amount of validation (and of error reply).
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from models.card import MAX_LATENT_DIM
+
 SEED_MAX = 2**63 - 1
 LATENT_KINDS = ("seed", "seeds", "vector", "class", "image")
+# The static caps on lists: seeds in one latent and terms of one sum (the max_terms setting may only
+# lower it), and a latent vector (no model may declare a larger latent, see models.card).
+MAX_LIST = 64
+MAX_VECTOR = MAX_LATENT_DIM
 
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Temperature = Annotated[float, Field(gt=0, le=2, description="PixelCNN: softmax temperature; "
@@ -39,8 +46,10 @@ class Latent(Body):
     })
 
     seed: Seed | None = Field(None, description="z ~ N(0, I) drawn from this seed")
-    seeds: list[Seed] | None = Field(None, min_length=1, description="the mean of these seeds' z (at most max_terms)")
-    vector: list[LatentNumber] | None = Field(None, min_length=1, description="z itself, latent_dim numbers")
+    seeds: list[Seed] | None = Field(None, min_length=1, max_length=MAX_LIST,
+                                     description="the mean of these seeds' z (at most max_terms)")
+    vector: list[LatentNumber] | None = Field(None, min_length=1, max_length=MAX_VECTOR,
+                                              description="z itself, latent_dim numbers")
     class_: ClassName | None = Field(None, alias="class", description="the model's mean latent of this class")
     image: Base64Image | None = Field(None, description="the encoder's mean for this image (VAE)")
 
@@ -105,7 +114,7 @@ class ArithmeticRequest(Body):
         "n": 4, "noise": 0.3, "seed": 11, "show_terms": True,
     }]})
 
-    terms: list[Term] = Field(min_length=1, description="at most max_terms")
+    terms: list[Term] = Field(min_length=1, max_length=MAX_LIST, description="at most max_terms")
     n: int = Field(1, ge=1, description="result images: the exact sum, then n - 1 variations with noise")
     noise: float = Field(0.0, ge=0, le=10, description="scale of the N(0, I) noise added to the variations")
     seed: Seed | None = Field(None, description="variation k adds the z of seed + k; random when omitted")

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint, update_card
@@ -58,12 +59,14 @@ def test_unknown_tensor_names_or_shapes_are_refused(saved):
     model, path, card = saved
     from models.checkpoint import sha256_file
     tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()  # kept, so that only the tensors are wrong
     first = next(iter(tensors))
     for mutate, message in [(lambda t: t.update(evil=torch.zeros(1)), "unexpected"),
                             (lambda t: t.update({first: torch.zeros(3, 3)}), "expected")]:
         changed = dict(tensors)
         mutate(changed)
-        save_file(changed, str(path / "model.safetensors"))
+        save_file(changed, str(path / "model.safetensors"), metadata=metadata)
         update_card(path, sha256=sha256_file(path / "model.safetensors"))
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(path)

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from models.checkpoint import sha256_file, update_card
@@ -58,9 +59,11 @@ async def test_a_request_that_times_out_in_the_queue_frees_its_slot_at_once(weig
 
 def _rewrite(folder, change) -> None:
     """Change the weights with `change(tensors)` and re-sign the card, so that only the change is wrong."""
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()  # the config the weights were saved with, kept
     tensors = load_file(str(folder / "model.safetensors"))
     change(tensors)
-    save_file(tensors, str(folder / "model.safetensors"))
+    save_file(tensors, str(folder / "model.safetensors"), metadata=metadata)
     update_card(folder, sha256=sha256_file(folder / "model.safetensors"))
 
 
