@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="most images in one merged forward pass")
     queue_size: int = Field(256, ge=1, description="most requests waiting; more are answered 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
+    fault_pass_delay_s: float = Field(0.0, ge=0, description="fault injection for tests and drills: every forward "
+                                      "pass first waits this long (0 in production)")
 
     # Serving.
     host: str = "127.0.0.1"

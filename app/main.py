@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = Registry(settings.weights_dir, device)
     worker = Worker(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
                     queue_size=settings.queue_size, timeout_s=settings.request_timeout_s,
-                    channels_last=settings.channels_last, dtype=settings.dtype)
+                    channels_last=settings.channels_last, dtype=settings.dtype,
+                    pass_delay_s=settings.fault_pass_delay_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

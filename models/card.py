@@ -34,6 +34,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "dropout": (0, 1),
 }
 DEFAULT_BOUND = (0, 4096)
+MAX_CHOICE = 64  # characters of a string-valued config field
 IMAGE_CHANNELS = (1, 3)
 IMAGE_SIDE = (4, 128)  # pixels; the shipped models are 28 x 28
 
@@ -113,15 +114,19 @@ def check_config(family: str, config_class: type, config: dict) -> None:
     if unknown:
         raise CardError(f"{family} config has unknown fields {sorted(unknown)}")
     for name, value in config.items():
+        default = fields[name].default
         if name == "image_shape":
             _check_image_shape(family, value)
-            continue
-        low, high = CONFIG_BOUNDS.get(name, DEFAULT_BOUND)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or not low <= value <= high:
-            raise CardError(f"{family} config {name}={value!r} is outside [{low}, {high}]")
-        if isinstance(fields[name].default, int) and not isinstance(value, int):
-            raise CardError(f"{family} config {name}={value!r} is not an integer")
+        elif isinstance(default, (str, bool)) or default is None:  # a choice (say a loss or a norm)
+            if not (value is None or isinstance(value, (str, bool))) or len(str(value)) > MAX_CHOICE:
+                raise CardError(f"{family} config {name}={value!r} is not a short string or a boolean")
+        else:
+            low, high = CONFIG_BOUNDS.get(name, DEFAULT_BOUND)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                raise CardError(f"{family} config {name}={value!r} is outside [{low}, {high}]")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise CardError(f"{family} config {name}={value!r} is not an integer")
 
 
 def _check_image_shape(family: str, shape: Any) -> None:
