@@ -5,11 +5,17 @@ uvicorn bounds only the idle time between two requests of a connection (`keep_al
 closes a connection that stops in the middle of a request's headers or body, so a few hundred of
 them would hold the server's connections forever (slowloris). `GuardedH11Protocol` adds the two
 deadlines nginx calls client_header_timeout and client_body_timeout.
+
+`genserve serve` builds it from its settings (`uvicorn_config`). Under the uvicorn command (say with
+`--workers`), `--http app.server:GuardedH11Protocol` uses it with GENSERVE_HEADER_TIMEOUT_S and
+GENSERVE_BODY_TIMEOUT_S, read once per process; `--timeout-keep-alive`, `--limit-concurrency` and
+`--h11-max-incomplete-event-size` then carry the other three settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import h11
 import uvicorn
@@ -27,11 +33,13 @@ class GuardedH11Protocol(H11Protocol):
     app has not begun on the request. Each deadline is for the whole phase: a client trickling a
     byte at a time does not renew it."""
 
-    header_timeout_s = 10.0
-    body_timeout_s = 30.0
+    header_timeout_s: float | None = None  # None: the GENSERVE_* settings of this process
+    body_timeout_s: float | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.header_timeout_s is None or self.body_timeout_s is None:
+            self.header_timeout_s, self.body_timeout_s = _deadlines_from_environment()
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
 
@@ -90,6 +98,12 @@ class GuardedH11Protocol(H11Protocol):
                                  + self.conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
             pass  # h11 cannot answer in this state; closing is answer enough
+
+
+@functools.cache
+def _deadlines_from_environment() -> tuple[float, float]:
+    settings = Settings()
+    return settings.header_timeout_s, settings.body_timeout_s
 
 
 def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
