@@ -23,20 +23,23 @@ log = logging.getLogger("genserve.http")
 # a huge one from stalling the event loop.
 MAX_JSON_VALUES = 100_000
 _SEPARATORS = (b",", b":", b"[", b"{")
+# Most keys (colons) a JSON body may hold: the largest valid body has about 200 (MAX_LIST terms of
+# three), and each unknown key is a validation error, which costs some 20 us to make.
+MAX_JSON_KEYS = 512
 
 
 class BodyLimit:
     """413 for a body over `max_bytes`: before reading any of it when Content-Length says so, else as
     soon as the bytes received pass the limit; and 413 for a JSON body of more than MAX_JSON_VALUES
-    values, counted as the chunks arrive. Answered as JSON {"detail": ...} like every other error
+    values or MAX_JSON_KEYS keys, counted as the chunks arrive. Answered as JSON {"detail": ...} like every other error
     (FastAPI's own limit answers a declared length in plain text)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_json_values: int = MAX_JSON_VALUES):
+    def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
-        self.max_json_values = max_json_values
         self.detail = f"the request body is larger than {max_bytes} bytes (max_body_bytes)"
-        self.json_detail = f"the JSON body holds more than {max_json_values} values"
+        self.values_detail = f"the JSON body holds more than {MAX_JSON_VALUES} values"
+        self.keys_detail = f"the JSON body holds more than {MAX_JSON_KEYS} keys"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,10 +51,10 @@ class BodyLimit:
             await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
             return
         count_values = not headers.get("content-type", "").startswith("multipart/")
-        received = values = 0
+        received = values = keys = 0
 
         async def limited_receive() -> Message:
-            nonlocal received, values
+            nonlocal received, values, keys
             message = await receive()
             if message["type"] == "http.request":
                 body = message.get("body", b"")
@@ -59,9 +62,12 @@ class BodyLimit:
                 if received > self.max_bytes:
                     raise HTTPException(413, self.detail)  # answered by the app's exception handler
                 if count_values:
+                    keys += body.count(b":")
                     values += sum(body.count(separator) for separator in _SEPARATORS)
-                    if values > self.max_json_values:
-                        raise HTTPException(413, self.json_detail)
+                    if values > MAX_JSON_VALUES:
+                        raise HTTPException(413, self.values_detail)
+                    if keys > MAX_JSON_KEYS:
+                        raise HTTPException(413, self.keys_detail)
             return message
 
         await self.app(scope, limited_receive, send)
