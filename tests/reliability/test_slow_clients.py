@@ -9,6 +9,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from app.config import Settings
 
@@ -23,6 +24,18 @@ def _read_all(conn: socket.socket) -> bytes:
     while chunk := conn.recv(4096):
         data += chunk
     return data
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One whole response (headers and a Content-Length body) read off a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096) or pytest.fail(f"closed after {data!r}")
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += conn.recv(4096) or pytest.fail("closed inside the body")
+    return head + b"\r\n\r\n" + body
 
 
 def test_connections_stalled_in_their_headers_or_body_are_answered_408_and_closed(serve):
@@ -65,10 +78,10 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_idle_expiry(serv
     assert Settings().keep_alive_s > 2 * HTTPX_KEEPALIVE_EXPIRY_S
     with serve() as server, socket.create_connection(server.address, timeout=60) as conn:
         conn.sendall(HEALTHZ)
-        assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert _response(conn).startswith(b"HTTP/1.1 200 ")
         time.sleep(HTTPX_KEEPALIVE_EXPIRY_S + 1)  # idle past the client's expiry (and uvicorn's old default)
         conn.sendall(HEALTHZ)  # the same connection: still open, and answered
-        assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert _response(conn).startswith(b"HTTP/1.1 200 ")
 
 
 def test_past_max_connections_a_request_is_503(serve):
