@@ -267,9 +267,9 @@ def _served_requests(url: str) -> float:
 async def bursts(url: str, rounds: int = 20, requests: int = 2000, concurrency: int = 128, gap_s: float = 5.0,
                  timeout_s: float = 120) -> Bursts:
     """Finding 5 of issue 14: `rounds` bursts of `requests` samples (n=4), `concurrency` at a time,
-    from ONE httpx.AsyncClient (its default pool: 100 connections, 20 kept idle), idle `gap_s` between bursts: about httpx's keep-alive
-    expiry (5 s), where a server that closes idle connections as quickly would race the client's
-    reuse of them."""
+    from ONE httpx.AsyncClient (its default pool: 100 connections, 20 kept idle), idle `gap_s`
+    between bursts: about httpx's keep-alive expiry (5 s), where a server that closes idle
+    connections as quickly would race the client's reuse of them."""
     result = Bursts(rounds=rounds)
     before = _served_requests(url)
     started = time.perf_counter()

@@ -32,7 +32,7 @@ def _response(conn: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += conn.recv(4096) or pytest.fail(f"closed after {data!r}")
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    [length] = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
     while len(body) < length:
         body += conn.recv(4096) or pytest.fail("closed inside the body")
     return head + b"\r\n\r\n" + body
