@@ -167,6 +167,7 @@ def serve(args) -> None:
 
     from app.config import Settings
     from app.main import create_app
+    from app.server import uvicorn_config
 
     overrides = {key: getattr(args, key) for key in ("host", "port", "weights_dir", "device", "log_level")}
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
@@ -174,8 +175,7 @@ def serve(args) -> None:
     # raises SIGTERM again for the default handler to end the process (status -15). A server that
     # shut down cleanly exits 0 instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 def main(argv: list[str] | None = None) -> int:

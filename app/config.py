@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.schemas import MAX_LIST
+
 MiB = 1 << 20
 
 
@@ -33,7 +35,7 @@ class Settings(BaseSettings):
     max_n: int = Field(64, ge=1, description="most images one request may ask for")
     max_n_pixelcnn: int = Field(16, ge=1, description="most images one PixelCNN request may ask for")
     max_steps: int = Field(32, ge=2, description="most steps of an interpolation")
-    max_terms: int = Field(16, ge=1, description="most terms of latent arithmetic, or seeds of one latent")
+    max_terms: int = Field(16, ge=1, le=MAX_LIST, description="most terms of latent arithmetic, or seeds of one latent")
     max_image_bytes: int = Field(MiB, ge=1, description="largest decoded image upload")
     max_body_bytes: int = Field(2 * MiB, ge=1, description="largest request body; more is answered 413")
 
@@ -42,6 +44,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="most images in one merged forward pass")
     queue_size: int = Field(256, ge=1, description="most requests waiting; more are answered 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
+    fault_pass_delay_s: float = Field(0.0, ge=0, description="fault injection for tests and drills: every forward "
+                                      "pass first waits this long (0 in production)")
 
     # Serving.
     host: str = "127.0.0.1"
@@ -51,6 +55,16 @@ class Settings(BaseSettings):
     graceful_timeout_s: float | None = Field(
         None, gt=0, description="after SIGTERM, how long in-flight requests may take to finish "
         "(default: request_timeout_s + 5, so that any request still answered in time is)")
+    # The server's guard against slow or idle clients (uvicorn, see app/server.py).
+    keep_alive_s: int = Field(75, ge=1, description="how long an idle keep-alive connection stays open; longer "
+                              "than clients keep idle connections (httpx 5 s, nginx 60 s), so that the client, not "
+                              "the server, closes it and a request is never sent on a connection being closed")
+    header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
+    body_timeout_s: float = Field(30.0, gt=0, description="time a client has to send a request's body, once "
+                                  "its headers are in")
+    max_connections: int = Field(512, ge=1, description="open connections (and requests) at most; a request "
+                                 "past it is answered 503 by the server")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest request line and headers")
     admin_token: SecretStr | None = Field(None, description="bearer token for /v1/admin/*; admin is off when unset")
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 

@@ -15,7 +15,12 @@ from app.worker import InferenceTimeout, QueueFull
 log = logging.getLogger("genserve.errors")
 
 RETRY_AFTER_S = 1
-ECHO_LIMIT = 200  # longest input string echoed back in a 422
+# An error reply stays small whatever the body was: the first MAX_ERRORS errors, and of each input
+# only ECHO_LIMIT characters of a string, ECHO_ITEMS items of a list or object, ECHO_DEPTH levels.
+MAX_ERRORS = 20
+ECHO_LIMIT = 200
+ECHO_ITEMS = 10
+ECHO_DEPTH = 3
 
 
 class InputError(Exception):
@@ -36,21 +41,39 @@ class ClientDisconnected(Exception):
     """The client went away while its request waited; nobody reads the answer."""
 
 
-def json_safe(value):
-    """A JSON-serialisable copy of an error's input: non-finite floats and bytes as strings."""
+def json_safe(value, depth: int = 0):
+    """A small, JSON-serialisable copy of an error's input: non-finite floats and bytes as strings,
+    long strings, lists and objects cut (never echoed whole), nesting cut at ECHO_DEPTH."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
     if isinstance(value, str) and len(value) > ECHO_LIMIT:
         return value[:ECHO_LIMIT] + "..."
+    if isinstance(value, (dict, list, tuple)) and depth >= ECHO_DEPTH:
+        return f"<{type(value).__name__} of {len(value)} items>"
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        items = list(value.items())
+        cut = {str(k)[:ECHO_LIMIT]: json_safe(v, depth + 1) for k, v in items[:ECHO_ITEMS]}
+        if len(items) > ECHO_ITEMS:
+            cut["..."] = f"{len(items) - ECHO_ITEMS} more items"
+        return cut
     if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
+        cut = [json_safe(v, depth + 1) for v in value[:ECHO_ITEMS]]
+        return cut + [f"... {len(value) - ECHO_ITEMS} more items"] if len(value) > ECHO_ITEMS else cut
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return str(value)
+    return str(value)[:ECHO_LIMIT]
+
+
+def capped_errors(errors: list[dict]) -> list[dict]:
+    """The first MAX_ERRORS validation errors, made small and safe, and a last one saying how many
+    more there were."""
+    shown = [{key: json_safe(value) for key, value in error.items() if key != "url"} for error in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        shown.append({"type": "too_many_errors", "loc": ["body"],
+                      "msg": f"{len(errors) - MAX_ERRORS} more errors not shown"})
+    return shown
 
 
 def _detail(status: int, detail, headers: dict | None = None) -> JSONResponse:
@@ -59,8 +82,7 @@ def _detail(status: int, detail, headers: dict | None = None) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's own handler would serialise NaN from the input with allow_nan=False: a 500.
-    errors = [{key: json_safe(value) for key, value in error.items() if key != "url"} for error in exc.errors()]
-    return _detail(422, errors)
+    return _detail(422, capped_errors(exc.errors()))
 
 
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:

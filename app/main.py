@@ -8,20 +8,23 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from swagger_ui_bundle import swagger_ui_path
 
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.middleware import BodyLimit, RequestMetrics
+from app.middleware import BodyLimit, RequestMetrics, SecurityHeaders
 from app.registry import Registry, resolve_device
 from app.routes import admin, generate, health, images, models
 from app.worker import Worker
 
 STATIC_DIR = Path(__file__).parent / "static"
+DOCS_PATH, DOCS_ASSETS = "/docs", "/docs/assets"  # Swagger UI from the swagger-ui-bundle wheel: no CDN
 
 DESCRIPTION = """
 Trained image generators over HTTP: a class-conditional **PixelCNN**, a **VAE** and a **DCGAN**
@@ -48,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = Registry(settings.weights_dir, device)
     worker = Worker(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
                     queue_size=settings.queue_size, timeout_s=settings.request_timeout_s,
-                    channels_last=settings.channels_last, dtype=settings.dtype)
+                    channels_last=settings.channels_last, dtype=settings.dtype,
+                    pass_delay_s=settings.fault_pass_delay_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -58,7 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await run_in_threadpool(worker.stop)
 
-    app = FastAPI(title="genserve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url=None: FastAPI's own /docs loads Swagger UI from a CDN, and ReDoc has no local assets.
+    app = FastAPI(title="genserve", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.registry = registry
     app.state.worker = worker
@@ -66,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: metrics and CORS see its 413s
+    app.add_middleware(SecurityHeaders, docs_path=DOCS_PATH)
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
@@ -77,6 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def demo_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.get(DOCS_PATH, include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="genserve API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

@@ -119,18 +119,8 @@ def _class_latents(card: dict, latent_dim: int) -> dict[str, ClassLatent]:
     return result
 
 
-def _check_card(card: dict) -> None:
-    """The card fields that GET /v1/models reads must have the types it reads them as."""
-    for key, kind in (("classes", list), ("metrics", dict), ("training", dict), ("class_latents", dict)):
-        if not isinstance(card.get(key) or kind(), kind):
-            raise CheckpointError(f"the card's {key!r} is not a {kind.__name__}")
-    if not all(isinstance(name, str) for name in card.get("classes") or []):
-        raise CheckpointError("the card's classes are not all names")
-
-
 def load_model(directory: Path, device: torch.device) -> ServedModel:
-    module, card = load_checkpoint(directory, device)
-    _check_card(card)
+    module, card = load_checkpoint(directory, device)  # the card is validated by models.card
     served = ServedModel(directory.name, module, card)
     if served.latent_dim is not None:
         served.class_latents = _class_latents(card, served.latent_dim)
@@ -138,6 +128,11 @@ def load_model(directory: Path, device: torch.device) -> ServedModel:
     if served.family == "pixelcnn" and n_classes and n_classes != len(served.classes):
         raise CheckpointError(f"the model has {n_classes} classes but the card names {len(served.classes)}")
     return served
+
+
+def _public_reason(error: Exception, folder: Path) -> str:
+    """Why a folder failed, as /readyz (public) says it: the folder's name, never where it lives."""
+    return str(error).replace(str(folder.resolve()), folder.name).replace(str(folder), folder.name)
 
 
 class Registry:
@@ -160,7 +155,8 @@ class Registry:
         models, failed = {}, {}
         folders = sorted(p for p in self.weights_dir.iterdir() if p.is_dir()) if self.weights_dir.is_dir() else []
         if not folders:
-            failed["*"] = f"no checkpoint folders in {self.weights_dir.resolve()}"
+            failed["*"] = "no checkpoint folders in the weights directory"
+            log.error("no checkpoint folders", extra={"weights_dir": str(self.weights_dir.resolve())})
         for folder in folders:
             try:
                 if read_card(folder)["family"] not in CAPABILITIES:
@@ -168,7 +164,7 @@ class Registry:
                 models[folder.name] = load_model(folder, self.device)
             # One bad folder, whatever is wrong with it, never keeps the others from serving.
             except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-                failed[folder.name] = str(e)
+                failed[folder.name] = _public_reason(e, folder)
                 log.error("checkpoint failed to load", extra={"model": folder.name, "error": str(e)})
         self.models, self.failed, self.loaded = models, failed, True
         log.info("models loaded", extra={"models": sorted(models), "failed": sorted(failed),

@@ -2,25 +2,77 @@
 
 Limits that are settings (n, steps, terms) are checked by the routes against the settings and
 answered 422 in the same shape; everything static is checked here. Floats must be finite: JSON
-bodies may carry NaN or Infinity, and they are refused with 422.
+bodies may carry NaN or Infinity, and they are refused with 422. Every list has a static cap, so
+that no body, however built, costs more than a bounded amount of validation (and of error reply).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+
+from models.card import MAX_LATENT_DIM
 
 SEED_MAX = 2**63 - 1
 LATENT_KINDS = ("seed", "seeds", "vector", "class", "image")
+# The static caps on lists: seeds in one latent and terms of one sum (the max_terms setting may only
+# lower it), and a latent vector (no model may declare a larger latent, see models.card).
+MAX_LIST = 64
+MAX_VECTOR = MAX_LATENT_DIM
+
+LATENT_MAX = 1e4
+
+
+def _too_long(value: Any, max_length: int) -> None:
+    if isinstance(value, list) and len(value) > max_length:
+        raise PydanticCustomError("too_long", "List should have at most {max_length} items, not {actual_length}",
+                                  {"max_length": max_length, "actual_length": len(value)})
+
+
+def _at_most(max_length: int) -> BeforeValidator:
+    """A list past `max_length` is one too_long error, its items unread (pydantic would first make
+    an error for each bad item: 50,000 empty terms, 50,000 errors)."""
+    def check(value: Any) -> Any:
+        _too_long(value, max_length)
+        return value
+    return BeforeValidator(check)
+
+
+def _one_error_per_list(valid: Callable[[Any], bool], what: str, max_length: int) -> BeforeValidator:
+    """One error for a list with bad entries (naming the first), not one per entry: pydantic makes
+    every error of a body, and each costs time on the event loop (some 20 us), so a body of 60,000
+    bad numbers must not make 60,000. A list past `max_length` is one too_long error, unread."""
+    def check(value: Any) -> Any:
+        _too_long(value, max_length)
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if not valid(item):
+                    raise PydanticCustomError("list_entry", "entry {index} is not {what}",
+                                              {"index": index, "what": what})
+        return value
+    return BeforeValidator(check)
+
+
+def _is_seed(item: Any) -> bool:
+    return type(item) is int and 0 <= item <= SEED_MAX
+
+
+def _is_latent_number(item: Any) -> bool:
+    return type(item) in (int, float) and math.isfinite(item) and -LATENT_MAX <= item <= LATENT_MAX
+
 
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Temperature = Annotated[float, Field(gt=0, le=2, description="PixelCNN: softmax temperature; "
                                      "VAE/DCGAN: scales z (see the samples endpoint)")]
 Base64Image = Annotated[str, Field(min_length=1, description="a PNG or JPEG, base64 (a data: URL is accepted too)")]
 ClassName = Annotated[str, Field(min_length=1, max_length=100, description="one of the model's classes")]
-LatentNumber = Annotated[float, Field(ge=-1e4, le=1e4)]
+LatentNumber = Annotated[float, Field(ge=-LATENT_MAX, le=LATENT_MAX)]
+Seeds = Annotated[list[Seed], _one_error_per_list(_is_seed, f"an integer in [0, {SEED_MAX}]", MAX_LIST)]
+Vector = Annotated[list[LatentNumber],
+                   _one_error_per_list(_is_latent_number, "a finite number within ±1e4", MAX_VECTOR)]
 
 # A 28x28 gray rectangle, for the examples.
 TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAHklEQVR42mNgoD9ghDHuIAmqQGkmfDpHJUclBw4AAO+WASimvrHEAAAAAElFTkSuQmCC"
@@ -39,8 +91,9 @@ class Latent(Body):
     })
 
     seed: Seed | None = Field(None, description="z ~ N(0, I) drawn from this seed")
-    seeds: list[Seed] | None = Field(None, min_length=1, description="the mean of these seeds' z (at most max_terms)")
-    vector: list[LatentNumber] | None = Field(None, min_length=1, description="z itself, latent_dim numbers")
+    seeds: Seeds | None = Field(None, min_length=1, max_length=MAX_LIST,
+                                description="the mean of these seeds' z (at most max_terms)")
+    vector: Vector | None = Field(None, min_length=1, max_length=MAX_VECTOR, description="z itself, latent_dim numbers")
     class_: ClassName | None = Field(None, alias="class", description="the model's mean latent of this class")
     image: Base64Image | None = Field(None, description="the encoder's mean for this image (VAE)")
 
@@ -105,7 +158,8 @@ class ArithmeticRequest(Body):
         "n": 4, "noise": 0.3, "seed": 11, "show_terms": True,
     }]})
 
-    terms: list[Term] = Field(min_length=1, description="at most max_terms")
+    terms: Annotated[list[Term], _at_most(MAX_LIST)] = Field(min_length=1, max_length=MAX_LIST,
+                                                              description="at most max_terms")
     n: int = Field(1, ge=1, description="result images: the exact sum, then n - 1 variations with noise")
     noise: float = Field(0.0, ge=0, le=10, description="scale of the N(0, I) noise added to the variations")
     seed: Seed | None = Field(None, description="variation k adds the z of seed + k; random when omitted")

@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +109,8 @@ def _merge(jobs: list[Job], device: torch.device, dtype: torch.dtype) -> list[to
 
 class Worker:
     def __init__(self, device: torch.device, metrics: Metrics, *, batch_wait_ms: float, max_batch: int,
-                 queue_size: int, timeout_s: float, channels_last: bool = True, dtype: str = "float32"):
+                 queue_size: int, timeout_s: float, channels_last: bool = True, dtype: str = "float32",
+                 pass_delay_s: float = 0.0):
         self.device = device
         self.channels_last = channels_last
         # Half precision only on CUDA: on the CPU it is slower or changes images by several gray levels.
@@ -119,6 +121,8 @@ class Worker:
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.timeout_s = timeout_s
+        self.pass_delay_s = pass_delay_s  # fault injection: a forward pass this much slower
+        self._held = False
         self._pending: deque[Job] = deque()
         self._changed = threading.Condition()
         self._stopping = False
@@ -142,6 +146,19 @@ class Worker:
             job.settle(error=QueueFull("the service is stopping"))
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @contextmanager
+    def held(self):
+        """While the block runs the worker starts no pass, so that jobs queue up (tests use it to
+        merge requests without racing the batch window)."""
+        with self._changed:
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held = False
+                self._changed.notify_all()
 
     @property
     def alive(self) -> bool:
@@ -188,7 +205,7 @@ class Worker:
     def _next_batch(self) -> list[Job] | None:
         """Wait for a job, give its batch `batch_wait_s` to fill, and take it off the queue."""
         with self._changed:
-            while not self._pending and not self._stopping:
+            while (not self._pending or self._held) and not self._stopping:
                 self._changed.wait()
             if self._stopping:
                 return None
@@ -223,6 +240,8 @@ class Worker:
         self.metrics.batch_requests.labels(*labels).observe(len(batch))
         try:
             module = self._prepare(first.model.module)
+            if self.pass_delay_s:
+                time.sleep(self.pass_delay_s)
             with torch.inference_mode():
                 output = first.operation.run(module, *_merge(batch, self.device, self.dtype), **first.params)
                 parts = output.float().cpu().split([job.size for job in batch])

@@ -26,7 +26,7 @@ import httpx
 from models.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 180
+READY_TIMEOUT_S = 600  # a loaded 2-core machine takes minutes to import torch and load
 
 
 def free_port() -> int:

@@ -11,7 +11,13 @@ docs/reliability.md records:
   * hostile input: every case of bench/hostile.py, a lying Content-Length and an endless body;
     statuses, and whether the server stays healthy;
   * soak: `--soak` sequential requests cycling through every endpoint; resident memory after
-    `--warmup` requests and at the end.
+    `--warmup` requests and at the end;
+  * probes (issue 14): the hostile bodies that once stalled the event loop, each sent while a
+    thread pings /healthz: status, reply size, the longest /healthz wait, the server's memory;
+    slow clients (connections that stop inside their headers or body), and when they are closed;
+  * bursts: `--bursts` rounds of `--burst-requests` samples (n=4), `--concurrency` at a time from
+    one shared httpx.AsyncClient pool, `--burst-gap` idle seconds between rounds: requests lost
+    (a transport error, no answer) and requests the server counted.
 The weights are copied to a temporary folder first (training may rewrite them meanwhile), and
 each checkpoint is verified there with models.checkpoint.load_checkpoint.
 """
@@ -24,7 +30,9 @@ import base64
 import contextlib
 import os
 import platform
+import socket
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -160,6 +168,136 @@ def soak(server, requests: int = 5000, warmup: int = 500, timeout_s: float = 60,
     return result
 
 
+# -- probes: hostile bodies and the event loop, slow clients -------------------------------------
+
+def probe_bodies() -> list[tuple[str, str, bytes]]:
+    """(name, path, JSON body) of the bodies that each once held the event loop or the reply."""
+    vector = lambda n: '{"start": {"vector": [' + ",".join(["1e5"] * n) + ']}, "end": {"seed": 1}}'
+    keys = "{" + ",".join(f'"k{i}": 1' for i in range(40_000)) + "}"
+    return [("400,000-entry vector of 1e5 (1.5 MB)", "/v1/models/dcgan/interpolate", vector(400_000).encode()),
+            ("5,000-entry vector of 1e5", "/v1/models/dcgan/interpolate", vector(5_000).encode()),
+            ("40,000 unknown keys", "/v1/models/dcgan/samples", keys.encode()),
+            ("500,000 seeds", "/v1/models/dcgan/latents",
+             ('{"latent": {"seeds": [' + ",".join(["1"] * 500_000) + "]}}").encode())]
+
+
+@dataclass
+class Probe:
+    name: str
+    status: int
+    reply_bytes: int
+    seconds: float
+    worst_healthz_s: float
+    rss_growth_mib: float
+
+
+def probe(server, name: str, path: str, body: bytes) -> Probe:
+    """Send `body` while another thread asks /healthz every 10 ms; the longest of those waits."""
+    waits, stop = [], threading.Event()
+
+    def ping() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.get("/healthz")
+                waits.append(time.perf_counter() - started)
+                time.sleep(0.01)
+
+    rss = server.rss_kib()
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    time.sleep(0.2)
+    started = time.perf_counter()
+    response = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=120)
+    seconds = time.perf_counter() - started
+    time.sleep(0.2)
+    stop.set()
+    pinger.join()
+    return Probe(name, response.status_code, len(response.content), seconds, max(waits),
+                 (server.rss_kib() - rss) / 1024)
+
+
+def slow_clients(server, count: int = 200, give_up_s: float = 60) -> tuple[int, float]:
+    """`count` connections that stop inside their headers, and as many inside their body: how many
+    the server closed (a reset counts: the server closed it), and the time the last one took."""
+    conns = []
+    for i in range(2 * count):
+        conn = socket.create_connection(server.address, timeout=give_up_s)
+        if i % 2:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        else:
+            conn.sendall(b"POST /v1/models/dcgan/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+        conns.append(conn)
+    started, closed, last = time.monotonic(), 0, 0.0
+    for conn in conns:
+        try:
+            while conn.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        except OSError:  # our own timeout: the server never closed it
+            conn.close()
+            continue
+        closed += 1
+        last = time.monotonic() - started
+        conn.close()
+    return closed, last
+
+
+# -- bursts from one shared pool ----------------------------------------------------------------
+
+@dataclass
+class Bursts:
+    rounds: int = 0
+    sent: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    lost: list[int] = field(default_factory=list)  # per round: requests with no answer (transport errors)
+    errors: Counter = field(default_factory=Counter)
+    counted: int = 0  # requests the server's own counter saw
+    wall_s: float = 0.0
+
+
+def _served_requests(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("genserve_requests_total{") and "/samples" in line)
+
+
+async def bursts(url: str, rounds: int = 20, requests: int = 2000, concurrency: int = 128, gap_s: float = 5.0,
+                 timeout_s: float = 120) -> Bursts:
+    """Finding 5 of issue 14: `rounds` bursts of `requests` samples (n=4), `concurrency` at a time,
+    from ONE httpx.AsyncClient (its default pool: 100 connections, 20 kept idle), idle `gap_s`
+    between bursts: about httpx's keep-alive expiry (5 s), where a server that closes idle
+    connections as quickly would race the client's reuse of them."""
+    result = Bursts(rounds=rounds)
+    before = _served_requests(url)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:  # httpx's default pool
+        for round_ in range(rounds):
+            lost = 0
+            indices = iter(range(requests))
+
+            async def client_loop() -> None:
+                nonlocal lost
+                for i in indices:
+                    try:
+                        response = await client.post("/v1/models/dcgan/samples", json={"n": 4, "seed": i})
+                        result.statuses[response.status_code] += 1
+                    except httpx.HTTPError as e:
+                        lost += 1
+                        result.errors[type(e).__name__] += 1
+
+            await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+            result.sent += requests
+            result.lost.append(lost)
+            if round_ < rounds - 1:
+                await asyncio.sleep(gap_s)
+    result.wall_s = time.perf_counter() - started
+    result.counted = int(_served_requests(url) - before)
+    return result
+
+
 # -- the hostile barrage and health -------------------------------------------------------------
 
 def healthy(url: str) -> bool:
@@ -177,6 +315,9 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--bursts", type=int, default=20)
+    parser.add_argument("--burst-requests", type=int, default=2000)
+    parser.add_argument("--burst-gap", type=float, default=5.0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +332,24 @@ def main() -> None:
                   f"statuses {dict(sorted(load.statuses.items()))}, 503 without Retry-After {load.no_retry_after}, "
                   f"client errors {dict(load.errors)}, slowest {load.slowest_s:.2f} s, wall {load.wall_s:.1f} s, "
                   f"healthy after: {healthy(server.url)}")
+
+        with running_server(weights, Path(tmp) / "probes.log", threads=args.threads) as server:
+            for name, path, body in probe_bodies():
+                p = probe(server, name, path, body)
+                print(f"probe {p.name}: {p.status}, {p.reply_bytes} bytes in {p.seconds:.2f} s; longest /healthz "
+                      f"meanwhile {p.worst_healthz_s * 1000:.0f} ms; RSS {p.rss_growth_mib:+.1f} MiB")
+        with running_server(weights, Path(tmp) / "slow.log", threads=args.threads, header_timeout_s=10,
+                            body_timeout_s=10) as server:
+            closed, last = slow_clients(server)
+            print(f"slow clients: 2 x 200 connections stopped inside their headers or their body, timeouts 10 s: "
+                  f"{closed} closed by the server, the last after {last:.1f} s; healthy after: {healthy(server.url)}")
+
+        with running_server(weights, Path(tmp) / "bursts.log", threads=args.threads) as server:
+            b = asyncio.run(bursts(server.url, args.bursts, args.burst_requests, args.concurrency, args.burst_gap))
+            print(f"bursts: {b.rounds} x {args.burst_requests} samples (n=4), concurrency {args.concurrency} from one "
+                  f"shared pool, {args.burst_gap:g} s apart: statuses {dict(sorted(b.statuses.items()))}, lost per "
+                  f"burst {b.lost} ({sum(b.lost)} in all, {dict(b.errors)}), counted by the server {b.counted} of "
+                  f"{b.sent}; {b.wall_s:.0f} s")
 
         with running_server(weights, Path(tmp) / "soak.log", threads=args.threads) as server:
             outcomes = hostile.barrage(server.url)

@@ -31,6 +31,11 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 async def _uploaded_image(request: Request, model: ServedModel, settings) -> torch.Tensor:
     """The image of a JSON body {"image": base64} or of a multipart file field named `image`."""
     loc = ["body", "image"]
@@ -41,6 +46,11 @@ async def _uploaded_image(request: Request, model: ServedModel, settings) -> tor
                 raise InputError(loc, "a multipart upload needs a file field named 'image'")
             data = await upload.read(settings.max_image_bytes + 1)
         return await read_image(model, settings, data, loc)
+    if not _is_json(request.headers.get("content-type", "")):
+        # As FastAPI does for every other JSON body: a text/plain POST (which any web page may send
+        # across origins without a preflight) is not parsed as JSON.
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": None,
+                                       "msg": "send JSON (Content-Type: application/json) or a multipart form"}])
     try:
         body = ImageRequest.model_validate_json(await request.body())
     except ValidationError as e:

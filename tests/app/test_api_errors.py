@@ -57,7 +57,8 @@ async def test_non_finite_vector_entries_are_422(client):
     body = '{"latent": {"vector": [NaN, Infinity, -Infinity' + ", 0.0" * 97 + "]}}"
     response = await client.post("/v1/models/dcgan/latents", **raw(body))
     assert_422(response, "vector")
-    assert {tuple(e["loc"])[-1] for e in response.json()["detail"]} == {0, 1, 2}
+    [error] = response.json()["detail"]  # one error for the list, naming its first bad entry
+    assert error["msg"].startswith("entry 0 is not a finite number")
 
 
 async def test_query_parameters_are_checked_too(client):

@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint, update_card
+from models.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint, sha256_file, update_card
 from models.dcgan import DCGAN, DCGANConfig
 from models.pixelcnn import PixelCNN, PixelCNNConfig
 from models.vae import VAE, VAEConfig
@@ -56,14 +57,15 @@ def test_a_pickle_beside_the_weights_is_refused(saved):
 
 def test_unknown_tensor_names_or_shapes_are_refused(saved):
     model, path, card = saved
-    from models.checkpoint import sha256_file
     tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()  # kept, so that only the tensors are wrong
     first = next(iter(tensors))
     for mutate, message in [(lambda t: t.update(evil=torch.zeros(1)), "unexpected"),
                             (lambda t: t.update({first: torch.zeros(3, 3)}), "expected")]:
         changed = dict(tensors)
         mutate(changed)
-        save_file(changed, str(path / "model.safetensors"))
+        save_file(changed, str(path / "model.safetensors"), metadata=metadata)
         update_card(path, sha256=sha256_file(path / "model.safetensors"))
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(path)
@@ -88,3 +90,60 @@ def test_update_card_merges_metrics(saved):
     update_card(path, metrics={"b": 2})
     assert read_card(path)["metrics"] == {"a": 1, "b": 2}
     load_checkpoint(path)  # the card changed, the weights did not: still loads
+
+
+def test_the_config_is_covered_by_the_sha256(saved):
+    """Issue 14's probe: image_shape edited to [1, 512, 512], sha256 left alone, once loaded and served."""
+    _, path, card = saved
+    for shape in ([1, 512, 512], [1, 32, 32]):  # out of bounds, and within them but not what was saved
+        (path / "card.json").write_text(json.dumps({**card, "config": {**card["config"], "image_shape": shape}}))
+        with pytest.raises(CheckpointError, match="outside|not \\[C, H, W\\]|not the one its weights were saved"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field, value", [("dataset", 5), ("classes", "Bag"), ("classes", [1, 2]),
+                                          ("metrics", [1]), ("training", {"epochs": "ten"}), ("sha256", None),
+                                          ("class_latents", {"Bag": {"mean": "x"}})])
+def test_a_card_field_of_the_wrong_type_is_refused(saved, field, value):
+    _, path, card = saved
+    (path / "card.json").write_text(json.dumps({**card, field: value}))
+    with pytest.raises(CheckpointError, match=f"malformed .*{field}"):
+        load_checkpoint(path)
+
+
+def test_non_finite_numbers_in_a_card_are_refused(saved):
+    _, path, card = saved
+    (path / "card.json").write_text(json.dumps({**card, "metrics": {"fid": float("nan")}}))
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_checkpoint(path)
+
+
+def test_tensor_shapes_are_checked_from_the_header_before_anything_is_allocated(saved, monkeypatch):
+    """A tensor declared huge in the header is refused by the header check; load_file, which would
+    allocate it, is never called."""
+    import models.checkpoint as checkpoint
+    model, path, card = saved
+    first = next(iter(model.state_dict()))
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors[first] = torch.zeros(7)
+    save_file(tensors, str(path / "model.safetensors"), metadata=metadata)
+    update_card(path, sha256=sha256_file(path / "model.safetensors"))
+    monkeypatch.setattr(checkpoint, "load_file", lambda *a, **k: pytest.fail("tensors loaded before the check"))
+    with pytest.raises(CheckpointError, match=f"tensor {first} is \\(7,\\)"):
+        load_checkpoint(path)
+
+
+def test_migration_moves_a_first_format_checkpoint_and_keeps_its_tensors_and_card(saved):
+    from models.checkpoint import migrate_checkpoint
+    model, path, card = saved
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"family": model.family})  # the first format
+    update_card(path, sha256=sha256_file(path / "model.safetensors"), metrics={"kept": 1})
+    with pytest.raises(CheckpointError, match="not the one its weights were saved"):
+        load_checkpoint(path)
+    assert migrate_checkpoint(path) is True and migrate_checkpoint(path) is False
+    loaded, loaded_card = load_checkpoint(path)
+    assert loaded_card["metrics"] == {"kept": 1} and loaded_card["config"] == card["config"]
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in tensors.items())

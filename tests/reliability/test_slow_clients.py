@@ -1,0 +1,98 @@
+"""Slow and idle clients against a real `genserve serve` (issue 14): connections that stop inside
+their headers or body are answered 408 and closed at the deadlines of the settings; an idle
+keep-alive connection stays open longer than clients keep theirs (so that a request a client sends
+on it is never lost, finding 5); past `max_connections` a request is answered 503."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from app.config import Settings
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+# How long httpx keeps an idle connection for reuse; a server that closes one sooner races the client.
+HTTPX_KEEPALIVE_EXPIRY_S = 5.0
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    """Everything until the server closes the connection (the socket's timeout bounds the wait)."""
+    data = b""
+    while chunk := conn.recv(4096):
+        data += chunk
+    return data
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One whole response (headers and a Content-Length body) read off a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096) or pytest.fail(f"closed after {data!r}")
+    head, _, body = data.partition(b"\r\n\r\n")
+    [length] = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    while len(body) < length:
+        body += conn.recv(4096) or pytest.fail("closed inside the body")
+    return head + b"\r\n\r\n" + body
+
+
+def test_connections_stalled_in_their_headers_or_body_are_answered_408_and_closed(serve):
+    with serve(header_timeout_s=1, body_timeout_s=1) as server:
+        stalled = []
+        for i in range(40):
+            conn = socket.create_connection(server.address, timeout=60)
+            if i % 2:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # headers never end
+            else:
+                conn.sendall(b"POST /v1/models/dcgan/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                             b"\r\nContent-Length: 100\r\n\r\n{")  # 1 byte of a 100-byte body
+            stalled.append(conn)
+        silent = socket.create_connection(server.address, timeout=60)  # sends nothing at all
+        assert httpx.get(server.url + "/healthz").status_code == 200  # others are served meanwhile
+        for conn in [*stalled, silent]:
+            reply = _read_all(conn)  # returns only because the server closed the connection
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:100]
+            conn.close()
+        assert httpx.post(server.url + "/v1/models/dcgan/samples", json={"n": 1}).status_code == 200
+
+
+def test_a_request_trickled_byte_by_byte_does_not_renew_the_header_deadline(serve):
+    with serve(header_timeout_s=1) as server, socket.create_connection(server.address, timeout=60) as conn:
+        started = time.monotonic()
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)  # 20 s in all, were the connection left open
+        except OSError:
+            pass  # closed under us: what the deadline does
+        assert time.monotonic() - started < 15
+        assert _read_all(conn).startswith(b"HTTP/1.1 408 ")
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_idle_expiry(serve):
+    """Finding 5: with uvicorn's default (5 s, exactly httpx's pool expiry) a pooled connection was
+    closed by the server just as the client sent its next request on it, which was lost (ReadError,
+    never reaching the app). The server now keeps idle connections longer than clients do."""
+    assert Settings().keep_alive_s > 2 * HTTPX_KEEPALIVE_EXPIRY_S
+    with serve() as server, socket.create_connection(server.address, timeout=60) as conn:
+        conn.sendall(HEALTHZ)
+        assert _response(conn).startswith(b"HTTP/1.1 200 ")
+        time.sleep(HTTPX_KEEPALIVE_EXPIRY_S + 1)  # idle past the client's expiry (and uvicorn's old default)
+        conn.sendall(HEALTHZ)  # the same connection: still open, and answered
+        assert _response(conn).startswith(b"HTTP/1.1 200 ")
+
+
+def test_past_max_connections_a_request_is_503(serve):
+    with serve(max_connections=3) as server:
+        idle = [socket.create_connection(server.address, timeout=60) for _ in range(3)]
+        try:
+            assert httpx.get(server.url + "/healthz").status_code == 503
+        finally:
+            for conn in idle:
+                conn.close()
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/healthz").status_code != 200:  # once the server saw them close
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
