@@ -88,6 +88,8 @@ class ServedModel:
             "conditional": self.conditional,
             "capabilities": list(self.capabilities),
             "max_n": self.max_n(limits),
+            "parameters": self.card.get("parameters"),
+            "latent_map": bool(self.card.get("latent_map")),
             "metrics": self.card.get("metrics") or {},
             "checkpoint": {
                 "sha256": self.card.get("sha256"),
@@ -123,7 +125,8 @@ def _class_latents(card: dict, latent_dim: int) -> dict[str, ClassLatent]:
 
 def _check_card(card: dict) -> None:
     """The card fields that GET /v1/models reads must have the types it reads them as."""
-    for key, kind in (("classes", list), ("metrics", dict), ("training", dict), ("class_latents", dict)):
+    for key, kind in (("classes", list), ("metrics", dict), ("training", dict), ("class_latents", dict),
+                      ("latent_map", dict)):
         if not isinstance(card.get(key) or kind(), kind):
             raise CheckpointError(f"the card's {key!r} is not a {kind.__name__}")
     if not all(isinstance(name, str) for name in card.get("classes") or []):

@@ -200,6 +200,19 @@ class ImagesResponse(BaseModel):
     latents: list[list[float]] | None = Field(None, description="each image's z, where there are latents")
 
 
+class LatentMap(BaseModel):
+    """The 2-D PCA of the encoder means of test images, from the model card (`python -m models.latent_map`).
+    The point (x, y) of the plane is the latent mean + x * components[0] + y * components[1]."""
+
+    model: str
+    classes: list[str]
+    images: int = Field(description="test images mapped")
+    mean: list[float] = Field(description="the mean of their encoder means")
+    components: list[list[float]] = Field(description="the two principal directions, unit vectors in latent space")
+    explained_variance: list[float] = Field(description="the share of the means' variance along each")
+    points: list[tuple[float, float, int]] = Field(description="each image's (x, y) in the plane and its label")
+
+
 class Limits(BaseModel):
     max_n: int
     max_n_pixelcnn: int
@@ -232,6 +245,8 @@ class ModelInfo(BaseModel):
     conditional: bool = Field(description="whether samples take a class")
     capabilities: list[str]
     max_n: int = Field(description="most images one request may ask of this model")
+    parameters: int | None = Field(None, description="the module's parameters, from the card")
+    latent_map: bool = Field(False, description="whether GET /v1/models/{name}/latent-map has a map of its latents")
     metrics: dict
     checkpoint: CheckpointInfo
 

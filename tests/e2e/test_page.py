@@ -26,7 +26,7 @@ from playwright.sync_api import expect  # noqa: E402
 
 expect.set_options(timeout=120_000)  # a PixelCNN on a busy CPU takes its time
 
-TABS = {"sample": {"sample"}, "interpolate": {"interpolate"}, "arithmetic": {"arithmetic"},
+TABS = {"sample": {"sample"}, "interpolate": {"interpolate"}, "traverse": {"traverse"}, "arithmetic": {"arithmetic"},
         "draw": {"reconstruct", "complete", "likelihood"}}
 
 
@@ -133,7 +133,7 @@ def test_model_picker_shows_the_models_and_tabs_follow_capabilities(page, models
     expect(page.locator("#tab-interpolate")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#panel-interpolate")).to_be_visible()
     page.keyboard.press("End")
-    expect(page.locator("#tab-arithmetic")).to_be_focused()  # draw is disabled for a DCGAN
+    expect(page.locator("#tab-draw")).to_be_focused()  # a DCGAN reconstructs uploads by projection
     page.keyboard.press("Home")
     expect(page.locator("#tab-sample")).to_be_focused()
     shot(page, artifacts, "models")
