@@ -259,3 +259,22 @@ async def test_a_projection_lets_other_batches_run_between_its_steps(client):
     assert not projection.done() and done_during < 10, "the samples did not wait for the whole projection"
     assert (await projection).status_code == 200
     assert slices((await client.get("/metrics")).text) - before == 10  # 100 steps in slices of 10
+
+
+# -- the latent map -----------------------------------------------------------------------------
+
+async def test_the_latent_map_decodes_back_to_the_plane_it_describes(client, models):
+    assert models["vae"]["latent_map"] and not models["dcgan"]["latent_map"]
+    assert models["vae"]["parameters"] > 1_000_000
+    answer = await client.get("/v1/models/vae/latent-map")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["model"] == "vae" and body["classes"] == models["vae"]["classes"]
+    assert len(body["points"]) == body["images"] and len(body["mean"]) == 32
+    components = np.array(body["components"])
+    assert np.allclose(components @ components.T, np.eye(2), atol=1e-4)
+    labels = {label for _, _, label in body["points"]}
+    assert labels <= set(range(10)) and len(labels) == 10
+    for name in ("dcgan", "pixelcnn"):
+        missing = await client.get(f"/v1/models/{name}/latent-map")
+        assert missing.status_code == 400 and "latent map" in missing.json()["detail"]
