@@ -210,7 +210,8 @@ class LatentMap(BaseModel):
     mean: list[float] = Field(description="the mean of their encoder means")
     components: list[list[float]] = Field(description="the two principal directions, unit vectors in latent space")
     explained_variance: list[float] = Field(description="the share of the means' variance along each")
-    points: list[tuple[float, float, int]] = Field(description="each image's (x, y) in the plane and its label")
+    points: list[list[float | int]] = Field(description="each image's [x, y, label]: its place in the plane "
+                                            "and the index of its class")
 
 
 class Limits(BaseModel):

@@ -354,7 +354,7 @@ def test_api_errors_are_readable_messages(page, api, console, artifacts, tmp_pat
         return dict(status=response.status_code, json=response.json()), response.json()["detail"]
 
     too_many, too_many_detail = real(api.post("/v1/models/dcgan/samples", json={"n": 1000}))
-    unable, unable_detail = real(api.post("/v1/models/dcgan/reconstruct", json={"image": "aGVsbG8="}))
+    unable, unable_detail = real(api.post("/v1/models/pixelcnn/reconstruct", json={"image": "aGVsbG8="}))
     unknown, unknown_detail = real(api.post("/v1/models/nope/samples", json={}))
     assert too_many["status"] == 422 and unable["status"] == 400 and unknown["status"] == 404
     cases = [
