@@ -60,7 +60,8 @@ async def samples(request: Request, model: Annotated[ServedModel, Depends(capabl
     if EVENT_STREAM in request.headers.get("accept", ""):
         check_n(body.n, model, settings, ["body", "n"])
         body = body.model_copy(update={"seed": pick_seed(body.seed)})
-        return await sample_events(request, model, body, partial(_samples, request, model, settings, body, "png", "body"))
+        plain = partial(_samples, request, model, settings, body, "png", "body")
+        return await sample_events(request, model, body, plain)
     return await _samples(request, model, settings, body, format, "body")
 
 

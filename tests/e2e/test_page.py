@@ -110,7 +110,8 @@ def test_model_picker_shows_the_models_and_tabs_follow_capabilities(page, models
         expect(card.locator(".name")).to_contain_text(name)
         expect(card.locator(".badge")).to_have_text(info["family"])
         expect(card.locator(".meta")).to_contain_text(info["dataset"])
-        shown = dict(zip(card.locator("dt").all_inner_texts(), card.locator("dd").all_inner_texts()))
+        # Every figure is on the card, the folded ones too (text content: a closed <details> renders none).
+        shown = dict(zip(card.locator("dt").all_text_contents(), card.locator("dd").all_text_contents()))
         for key, value in info["metrics"].items():
             if isinstance(value, (int, float)):
                 assert math.isclose(float(shown[key.replace("_", " ")]), value, rel_tol=1e-3), key
