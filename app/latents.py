@@ -9,17 +9,20 @@ completion's class posterior) goes through the worker.
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Awaitable, Callable, Sequence
 
 import torch
 
 from app.errors import CapabilityError, InputError
 from app.registry import ClassLatent, ServedModel
-from app.schemas import Latent
+from app.schemas import Latent, TraverseRequest
 from models.latent import lerp, slerp
 
 # How far class samples stray from the class mean at temperature 1, in class standard deviations.
 CLASS_SPREAD = 0.5
+# A projection (an image's latent for a model without an encoder) starts at the latent of this seed.
+PROJECTION_SEED = 0
 
 Encode = Callable[[list[tuple[list, str]]], Awaitable[torch.Tensor]]
 
@@ -138,3 +141,45 @@ def variations(model: ServedModel, result: torch.Tensor, n: int, noise: float, s
     if n == 1:
         return result[None]
     return torch.cat([result[None], result + noise * seed_latents(model, range(seed + 1, seed + n))])
+
+
+def projection_start(model: ServedModel, n: int) -> torch.Tensor:
+    """Where the projection of n images starts: the same fixed latent for each, [n, latent_dim]."""
+    return seed_latents(model, [PROJECTION_SEED]).expand(n, -1).clone()
+
+
+def offsets(steps: int, extent: float, spacing: str) -> torch.Tensor:
+    """The offsets along a traversal axis: evenly from -extent to extent, or the standard normal's
+    quantiles at (i + 0.5) / steps."""
+    if spacing == "gaussian":
+        quantile = NormalDist().inv_cdf
+        return torch.tensor([quantile((i + 0.5) / steps) for i in range(steps)], dtype=torch.float32)
+    return torch.linspace(-extent, extent, steps)
+
+
+async def traverse(model: ServedModel, body: TraverseRequest, encode: Encode, max_seeds: int) -> torch.Tensor:
+    """The latents of a traversal, row-major: center + t0[r] * a0 (+ t1[c] * a1), [steps ** len(axes), d]."""
+    specs = [(["body", "center"], body.center)]
+    specs += [(["body", "axes", i, "toward"], axis.toward) for i, axis in enumerate(body.axes) if axis.toward]
+    resolved = await resolve(model, specs, encode, max_seeds)
+    center, towards = resolved[0], iter(resolved[1:])
+    directions = []
+    for i, axis in enumerate(body.axes):
+        if axis.dim is not None:
+            if axis.dim >= model.latent_dim:
+                raise InputError(["body", "axes", i, "dim"], f"{model.name} latents have dimensions 0 to "
+                                 f"{model.latent_dim - 1}, not {axis.dim}")
+            direction = torch.zeros(model.latent_dim)
+            direction[axis.dim] = 1.0
+        else:
+            direction = next(towards) - center
+            norm = direction.norm()
+            if not norm > 1e-6:
+                raise InputError(["body", "axes", i, "toward"], "the latent to go toward is the center itself")
+            direction = direction / norm
+        directions.append(direction)
+    t = offsets(body.steps, body.extent, body.spacing)
+    cells = center + t[:, None] * directions[0]
+    if len(directions) == 2:
+        cells = (cells[:, None, :] + t[None, :, None] * directions[1]).reshape(-1, model.latent_dim)
+    return cells

@@ -34,7 +34,11 @@ on Fashion-MNIST.
   one by one in base64 with the seed and the latents.
 * A *latent* is exactly one of `{"seed": int}`, `{"seeds": [int, ...]}` (their mean),
   `{"vector": [float x latent_dim]}`, `{"class": "Sneaker"}` (the class's mean latent from the
-  model card) or `{"image": "<base64 PNG>"}` (the VAE encoder's mean).
+  model card) or `{"image": "<base64 PNG>"}` (the VAE encoder's mean; for the DCGAN, its projection:
+  100 deterministic optimiser steps through the generator).
+* Explore: `traverse` walks latent dimensions or toward a latent; `?format=gif` animates an
+  interpolation or a one-axis traversal; `Accept: text/event-stream` on samples streams a PixelCNN
+  row by row as Server-Sent Events.
 * Seeds: image i of a request with seed s is the image of `{"seed": s + i}`; the `X-Seed` header
   says which seed was used. The same request gives the same bytes.
 * Uploads: PNG or JPEG up to 1 MiB, converted to the model's channels and resized to its size.

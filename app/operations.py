@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.latent import projection_steps
+
 # The ELBO needs one posterior draw per image; a fixed seed makes the likelihood endpoint deterministic.
 ELBO_SEED = 0
 
@@ -46,6 +48,21 @@ def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
     return module.sample_from_noise(noise, temperature, cond, x=images, known_mask=known)
 
 
+def _sample_row(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, done: torch.Tensor, *,
+                temperature: float, row: int) -> torch.Tensor:
+    """Samples with row `row` drawn, given `done`, the images with the rows above it drawn: the
+    pixels that sampling in one go draws, a row at a time (for the event stream)."""
+    known = torch.zeros(1, 1, *noise.shape[2:], dtype=torch.bool, device=done.device)
+    known[:, :, :row] = True
+    return module.sample_from_noise(noise, temperature, cond, x=done, known_mask=known, stop_row=row + 1)
+
+
+def _project(module: nn.Module, images: torch.Tensor, state: torch.Tensor, *, first_step: int,
+             steps: int) -> torch.Tensor:
+    """`steps` steps of the projection of images into the latent space (models.latent)."""
+    return projection_steps(module.decode, images, state, first_step, steps)
+
+
 def _log_prob(module: nn.Module, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
     return module.log_prob(images, cond)
 
@@ -59,5 +76,8 @@ DECODE = Operation("decode", _decode)
 ENCODE = Operation("encode", _encode)
 SAMPLE_PIXELS = Operation("sample_pixels", _sample)
 COMPLETE = Operation("complete", _complete)
+SAMPLE_ROW = Operation("sample_row", _sample_row)
+# Not batchable: merged with other images, a projection's floats would change in their last bits.
+PROJECT = Operation("project", _project, batchable=False)
 LOG_PROB = Operation("log_prob", _log_prob)
 ELBO = Operation("elbo", _elbo, batchable=False)

@@ -18,10 +18,12 @@ from models.checkpoint import CheckpointError, load_checkpoint, read_card
 
 log = logging.getLogger("genserve.registry")
 
+# "stream": samples are drawn a row at a time (autoregressive), so they can stream as events.
+# "encode": uploads become latents; with "project" by optimising z against decode (no encoder).
 CAPABILITIES = {
-    "pixelcnn": ("sample", "complete", "likelihood"),
-    "vae": ("sample", "interpolate", "arithmetic", "encode", "reconstruct", "likelihood"),
-    "dcgan": ("sample", "interpolate", "arithmetic"),
+    "pixelcnn": ("sample", "stream", "complete", "likelihood"),
+    "vae": ("sample", "interpolate", "arithmetic", "traverse", "encode", "reconstruct", "likelihood"),
+    "dcgan": ("sample", "interpolate", "arithmetic", "traverse", "encode", "project", "reconstruct"),
 }
 
 
@@ -86,6 +88,8 @@ class ServedModel:
             "conditional": self.conditional,
             "capabilities": list(self.capabilities),
             "max_n": self.max_n(limits),
+            "parameters": self.card.get("parameters"),
+            "latent_map": bool(self.card.get("latent_map")),
             "metrics": self.card.get("metrics") or {},
             "checkpoint": {
                 "sha256": self.card.get("sha256"),

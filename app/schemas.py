@@ -146,6 +146,42 @@ class InterpolateRequest(Body):
     method: Literal["slerp", "lerp"] = "slerp"
 
 
+class Axis(Body):
+    """Exactly one of: dim, toward."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1,
+                                                 "examples": [{"dim": 0}, {"toward": {"class": "Sneaker"}}]})
+
+    dim: int | None = Field(None, ge=0, description="the unit vector of this latent dimension (0-based)")
+    toward: Latent | None = Field(None, description="the unit vector from the center toward this latent")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Axis:
+        if (self.dim is None) == (self.toward is None):
+            raise PydanticCustomError("axis_kind", "an axis is exactly one of dim, toward")
+        return self
+
+
+TRAVERSE_MAX_STEPS = 16
+
+
+class TraverseRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"center": {"seed": 0}, "axes": [{"dim": 0}], "steps": 9, "extent": 3.0, "spacing": "linear"},
+        {"center": {"vector": [0.0, 0.0]}, "axes": [{"dim": 0}, {"dim": 1}], "steps": 16, "spacing": "gaussian"},
+        {"center": {"class": "Sneaker"}, "axes": [{"toward": {"class": "Ankle boot"}}], "steps": 8},
+    ]})
+
+    center: Latent = Field(default_factory=lambda: Latent(seed=0), description="the latent at offset 0")
+    axes: list[Axis] = Field(min_length=1, max_length=2, description="one axis: a row; two: a steps x steps grid, "
+                             "row r along the first axis, column c along the second")
+    steps: int = Field(9, ge=2, le=TRAVERSE_MAX_STEPS, description="offsets along each axis")
+    extent: float = Field(3.0, gt=0, le=100, description="linear spacing: offsets from -extent to +extent")
+    spacing: Literal["linear", "gaussian"] = Field(
+        "linear", description="linear: evenly from -extent to +extent; gaussian: the standard normal's quantiles "
+        "at (i + 0.5) / steps (Kingma & Welling's manifold figure), extent ignored")
+
+
 class Term(Body):
     latent: Latent
     weight: float = Field(1.0, ge=-100, le=100)
@@ -218,6 +254,20 @@ class ImagesResponse(BaseModel):
     latents: list[list[float]] | None = Field(None, description="each image's z, where there are latents")
 
 
+class LatentMap(BaseModel):
+    """The 2-D PCA of the encoder means of test images, from the model card (`python -m models.latent_map`).
+    The point (x, y) of the plane is the latent mean + x * components[0] + y * components[1]."""
+
+    model: str
+    classes: list[str]
+    images: int = Field(description="test images mapped")
+    mean: list[float] = Field(description="the mean of their encoder means")
+    components: list[list[float]] = Field(description="the two principal directions, unit vectors in latent space")
+    explained_variance: list[float] = Field(description="the share of the means' variance along each")
+    points: list[list[float | int]] = Field(description="each image's [x, y, label]: its place in the plane "
+                                            "and the index of its class")
+
+
 class Limits(BaseModel):
     max_n: int
     max_n_pixelcnn: int
@@ -250,6 +300,8 @@ class ModelInfo(BaseModel):
     conditional: bool = Field(description="whether samples take a class")
     capabilities: list[str]
     max_n: int = Field(description="most images one request may ask of this model")
+    parameters: int | None = Field(None, description="the module's parameters, from the card")
+    latent_map: bool = Field(False, description="whether GET /v1/models/{name}/latent-map has a map of its latents")
     metrics: dict
     checkpoint: CheckpointInfo
 

@@ -175,8 +175,12 @@ class PixelCNN(nn.Module):
     @torch.no_grad()
     def sample_from_noise(self, noise: torch.Tensor, temperature: float = 1.0, cond: torch.Tensor | None = None,
                           x: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                          fast: bool = True) -> torch.Tensor:
+                          fast: bool = True, stop_row: int | None = None) -> torch.Tensor:
         """Sample sub-pixel by sub-pixel in raster order, keeping `x` wherever `known_mask` is set.
+
+        `stop_row` ends the sampling before that row (the rows below stay as given), so a caller
+        can draw an image a row at a time: passing back the rows done so far as known draws
+        exactly the pixels of the run in one go, since each pixel sees only the rows above it.
 
         `fast` runs the vertical stack once per row and the horizontal stack on one row per pixel,
         cut at the current column; the naive path reruns the whole network for every pixel.
@@ -191,7 +195,7 @@ class PixelCNN(nn.Module):
         known = (torch.zeros_like(noise, dtype=torch.bool) if known_mask is None
                  else known_mask.to(device).expand_as(noise).clone())
         biases = self._biases(cond)
-        for i in range(height):
+        for i in range(height if stop_row is None else min(stop_row, height)):
             row_unknown = ~known[:, :, i, :]
             if not row_unknown.any():
                 continue

@@ -11,15 +11,23 @@ from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from app import latents
 from app.config import Settings
 from app.errors import CapabilityError, ClientDisconnected, InputError
-from app.imaging import ImageError, decode_base64, grid_png, load_image, pngs_base64
-from app.operations import ENCODE, Operation
+from app.imaging import ImageError, decode_base64, gif_bytes, grid_png, load_image, pngs_base64
+from app.operations import ENCODE, PROJECT, Operation
 from app.registry import ServedModel
 from app.schemas import ErrorDetail, ImagesResponse
+from models.latent import PROJECTION_STEPS, projection_latents, projection_state
 
 Format = Annotated[Literal["png", "json"], Query(
     description="png: one grid image; json: the images one by one in base64, with the seed and latents")]
+AnimatedFormat = Annotated[Literal["png", "json", "gif"], Query(
+    description="png: one grid image; json: the images one by one in base64, with the latents; "
+                "gif: an animation that loops, one frame per image in order")]
+
+# A projection runs as jobs of this many optimiser steps, so that other requests' batches run between.
+PROJECTION_SLICE = 10
 
 ERROR_RESPONSES = {
     400: {"model": ErrorDetail, "description": "The model lacks the capability (the detail names its capabilities), "
@@ -38,6 +46,10 @@ IMAGE_RESPONSES = {
           "headers": SEED_HEADER},
     **ERROR_RESPONSES,
 }
+ANIMATED_RESPONSES = {**IMAGE_RESPONSES, 200: {
+    **IMAGE_RESPONSES[200], "description": "A PNG grid; with ?format=gif an animated GIF; with ?format=json the images",
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/gif": {"schema": {"type": "string", "format": "binary"}}}}}
 PNG_RESPONSES = {**IMAGE_RESPONSES, 200: {**IMAGE_RESPONSES[200], "description": "A PNG grid"}}
 
 
@@ -109,18 +121,34 @@ async def read_image(model: ServedModel, settings: Settings, data: str | bytes, 
         raise InputError(loc, str(e)) from None
 
 
+async def encode_images(request: Request, model: ServedModel, images: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] -> latents: the encoder's mean, or for a model that "project"s, the
+    projection (models.latent): PROJECTION_STEPS optimiser steps run as jobs of PROJECTION_SLICE
+    steps, each its own batch, so that the worker serves other requests between them."""
+    if "project" not in model.capabilities:
+        return await infer(request, model, ENCODE, images)
+    state = projection_state(latents.projection_start(model, images.shape[0]))
+    for first in range(0, PROJECTION_STEPS, PROJECTION_SLICE):
+        steps = min(PROJECTION_SLICE, PROJECTION_STEPS - first)
+        state = await infer(request, model, PROJECT, images, state, first_step=first, steps=steps)
+    return projection_latents(state)
+
+
 def encoder(request: Request, model: ServedModel, settings: Settings):
-    """The `encode` that latents.resolve uses for image latents: decode, then the VAE encoder's mean."""
+    """The `encode` that latents.resolve uses for image latents: decode, then `encode_images`."""
     async def encode(images: list[tuple[list, str]]) -> torch.Tensor:
         batch = torch.cat([await read_image(model, settings, data, loc) for loc, data in images])
-        return await infer(request, model, ENCODE, batch)
+        return await encode_images(request, model, batch)
     return encode
 
 
 def image_response(images: torch.Tensor, fmt: str, *, nrow: int | None = None, seed: int | None = None,
                    latents: torch.Tensor | None = None) -> Response:
-    """A PNG grid, or for ?format=json each image in base64 with the seed and latents."""
+    """A PNG grid, or for ?format=json each image in base64 with the seed and latents, or for
+    ?format=gif an animation of the images in order."""
     headers = {"X-Seed": str(seed)} if seed is not None else None
+    if fmt == "gif":
+        return Response(gif_bytes(images), media_type="image/gif", headers=headers)
     if fmt == "json":
         body = ImagesResponse(images=pngs_base64(images), seed=seed,
                               latents=None if latents is None else latents.tolist())

@@ -1,4 +1,4 @@
-"""Generation: samples, interpolate, arithmetic, latents.
+"""Generation: samples, interpolate, traverse, arithmetic, latents.
 
 Each route validates, turns the request into tensors on the CPU (`app.latents`), runs one job on
 the worker and makes the answer; none calls a model itself.
@@ -6,18 +6,22 @@ the worker and makes the answer; none calls a model itself.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app import latents
+from app.errors import CapabilityError
 from app.operations import DECODE, SAMPLE_PIXELS
 from app.registry import ServedModel
-from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, PNG_RESPONSES, Format, SettingsDep, capable,
-                             check_at_most, check_n, encoder, image_response, infer, pick_seed)
+from app.routes.deps import (ANIMATED_RESPONSES, ERROR_RESPONSES, IMAGE_RESPONSES, PNG_RESPONSES, AnimatedFormat,
+                             Format, SettingsDep, capable, check_at_most, check_n, encoder, image_response, infer,
+                             pick_seed)
+from app.routes.events import EVENT_STREAM, SAMPLES_RESPONSES, sample_events
 from app.schemas import (ArithmeticRequest, ImagesResponse, InterpolateRequest, LatentsRequest, LatentsResponse,
-                         SamplesQuery, SamplesRequest)
+                         SamplesQuery, SamplesRequest, TraverseRequest)
 
 router = APIRouter(prefix="/v1/models", tags=["generate"])
 
@@ -37,16 +41,27 @@ async def _samples(request: Request, model: ServedModel, settings, body: Samples
     return image_response(images, fmt, nrow=body.nrow, seed=seed, latents=z)
 
 
-@router.post("/{name}/samples", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+@router.post("/{name}/samples", response_model=ImagesResponse, responses=SAMPLES_RESPONSES)
 async def samples(request: Request, model: Annotated[ServedModel, Depends(capable("sample"))],
                   settings: SettingsDep, body: SamplesRequest, format: Format = "png"):
     """A grid of `n` samples. Image i of a request with seed s is exactly the image of latent
     `{"seed": s + i}`, so any cell can be referenced later; the `X-Seed` header says s.
 
+    With `Accept: text/event-stream`, Server-Sent Events: for a model that samples row by row
+    ("stream" among its capabilities) one `progress` event per row,
+    `{"row": r, "rows": H, "image": <base64 PNG grid so far>}`, then for every model one `done`
+    event `{"image": <base64 PNG>}`, the very bytes of the plain answer; `error` events carry
+    `{"detail": ...}`. A client that goes away stops the sampling.
+
     `temperature` scales z for VAE and DCGAN (z = T * eps) and is the softmax temperature for
     PixelCNN. `class` is PixelCNN's conditioning label; for VAE and DCGAN it draws around the
     class's mean latent from the model card: z = mean_c + T * 0.5 * std_c * eps.
     """
+    if EVENT_STREAM in request.headers.get("accept", ""):
+        check_n(body.n, model, settings, ["body", "n"])
+        body = body.model_copy(update={"seed": pick_seed(body.seed)})
+        plain = partial(_samples, request, model, settings, body, "png", "body")
+        return await sample_events(request, model, body, plain)
     return await _samples(request, model, settings, body, format, "body")
 
 
@@ -57,17 +72,34 @@ async def samples_png(request: Request, model: Annotated[ServedModel, Depends(ca
     return await _samples(request, model, settings, query, "png", "query")
 
 
-@router.post("/{name}/interpolate", response_model=ImagesResponse, responses=IMAGE_RESPONSES)
+@router.post("/{name}/interpolate", response_model=ImagesResponse, responses=ANIMATED_RESPONSES)
 async def interpolate(request: Request, model: Annotated[ServedModel, Depends(capable("interpolate"))],
-                      settings: SettingsDep, body: InterpolateRequest, format: Format = "png"):
+                      settings: SettingsDep, body: InterpolateRequest, format: AnimatedFormat = "png"):
     """One row of `steps` images from `start` to `end`, both included, along a great circle
-    (slerp) or a straight line (lerp) in latent space."""
+    (slerp) or a straight line (lerp) in latent space; `?format=gif` animates them."""
     check_at_most(body.steps, settings.max_steps, ["body", "steps"], "steps")
     ends = await latents.resolve(model, [(["body", "start"], body.start), (["body", "end"], body.end)],
                                  encoder(request, model, settings), settings.max_terms)
     path = latents.interpolate(ends[0], ends[1], body.steps, body.method)
     images = await infer(request, model, DECODE, path)
     return image_response(images, format, nrow=body.steps, latents=path)
+
+
+@router.post("/{name}/traverse", response_model=ImagesResponse, responses=ANIMATED_RESPONSES)
+async def traverse(request: Request, model: Annotated[ServedModel, Depends(capable("traverse"))],
+                   settings: SettingsDep, body: TraverseRequest, format: AnimatedFormat = "png"):
+    """Decodings along one or two axes through `center`: the latent of a cell is
+    `center + t0 * a0 (+ t1 * a1)`. An axis is `{"dim": k}`, the unit vector of dimension k, or
+    `{"toward": L}`, the unit vector from the center toward latent L. One axis gives one row of
+    `steps` images (`?format=gif` animates it); two axes a `steps x steps` grid, row r at `t0[r]`,
+    column c at `t1[c]`. With two `dim` axes and `"spacing": "gaussian"` on a 2-d VAE this is
+    Kingma & Welling's picture of the learned data manifold."""
+    if format == "gif" and len(body.axes) == 2:
+        raise CapabilityError("a GIF animates a one-axis traversal; a two-axis one is a grid: "
+                              "ask for format png or json")
+    cells = await latents.traverse(model, body, encoder(request, model, settings), settings.max_terms)
+    images = await infer(request, model, DECODE, cells)
+    return image_response(images, format, nrow=body.steps, latents=cells)
 
 
 @router.post("/{name}/arithmetic", response_model=ImagesResponse, responses=IMAGE_RESPONSES)

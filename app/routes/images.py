@@ -16,10 +16,10 @@ from starlette.datastructures import UploadFile
 
 from app import latents
 from app.errors import CapabilityError, InputError
-from app.operations import COMPLETE, DECODE, ELBO, ENCODE, LOG_PROB
+from app.operations import COMPLETE, DECODE, ELBO, LOG_PROB
 from app.registry import ServedModel
 from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, Format, SettingsDep, capable, check_at_most, check_n,
-                             image_response, infer, pick_seed, read_image)
+                             encode_images, image_response, infer, pick_seed, read_image)
 from app.schemas import CompleteRequest, ImageRequest, ImagesResponse, LikelihoodRequest, LikelihoodResponse
 
 router = APIRouter(prefix="/v1/models", tags=["images"])
@@ -63,10 +63,11 @@ async def _uploaded_image(request: Request, model: ServedModel, settings) -> tor
              openapi_extra=UPLOAD_BODY)
 async def reconstruct(request: Request, model: Annotated[ServedModel, Depends(capable("reconstruct"))],
                       settings: SettingsDep, format: Format = "png"):
-    """The input (as the model sees it) beside its reconstruction, decoded from the encoder's mean.
-    Send JSON `{"image": base64}` or a multipart form with a file field `image`."""
+    """The input (as the model sees it) beside its reconstruction, decoded from the encoder's mean
+    (VAE) or from the image's projection (DCGAN: 100 optimiser steps through the generator, fixed
+    start, deterministic). Send JSON `{"image": base64}` or a multipart form with a file field `image`."""
     image = await _uploaded_image(request, model, settings)
-    z = await infer(request, model, ENCODE, image)
+    z = await encode_images(request, model, image)
     reconstruction = await infer(request, model, DECODE, z)
     return image_response(torch.cat([image, reconstruction]), format, nrow=2, latents=torch.cat([z, z]))
 

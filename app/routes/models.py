@@ -1,4 +1,4 @@
-"""What the service serves: GET /v1/models and GET /v1/models/{name}."""
+"""What the service serves: GET /v1/models, GET /v1/models/{name} and its latent map."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from pydantic import ValidationError
+
+from app.errors import CapabilityError
 from app.registry import ServedModel
 from app.routes.deps import ERROR_RESPONSES, SettingsDep, served_model
-from app.schemas import ModelInfo, ModelList
+from app.schemas import LatentMap, ModelInfo, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -25,3 +28,18 @@ async def list_models(request: Request, settings: SettingsDep) -> dict:
 async def get_model(model: Annotated[ServedModel, Depends(served_model)], settings: SettingsDep) -> dict:
     """One model: its family, data, shape, classes, capabilities, metrics and checkpoint."""
     return model.info(settings.limits())
+
+
+@router.get("/{name}/latent-map", response_model=LatentMap,
+            responses={400: ERROR_RESPONSES[400], 404: ERROR_RESPONSES[404]})
+async def latent_map(model: Annotated[ServedModel, Depends(served_model)]) -> LatentMap:
+    """Where test images lie in the latent space: the 2-D PCA of their encoder means, coloured by
+    label, as the model card keeps it; 400 for a model whose card has none."""
+    stored = model.card.get("latent_map")
+    if not stored:
+        raise CapabilityError(f"the card of {model.name!r} has no latent map (`python -m models.latent_map` "
+                              f"computes one for a model with an encoder)")
+    try:
+        return LatentMap(model=model.name, classes=model.classes, **stored)
+    except (TypeError, ValidationError) as e:
+        raise CapabilityError(f"the latent map in the card of {model.name!r} is malformed ({e})") from None

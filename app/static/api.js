@@ -55,3 +55,57 @@ export async function call(model, op, payload, { signal, image = true } = {}) {
   const seed = body.seed ?? headers.get("X-Seed");
   return { ...body, seed: seed === null || seed === undefined ? null : Number(seed) };
 }
+
+export async function getJson(path, { signal } = {}) {
+  return (await request(path, { signal })).body;
+}
+
+// One Server-Sent Event block ("event: NAME\ndata: JSON") -> [name, data].
+function parseEvent(block) {
+  const fields = {};
+  for (const line of block.split("\n")) {
+    const colon = line.indexOf(": ");
+    if (colon > 0) fields[line.slice(0, colon)] = line.slice(colon + 2);
+  }
+  return [fields.event, JSON.parse(fields.data)];
+}
+
+// POST .../samples with Accept: text/event-stream. `onEvent(name, data)` sees each event as it
+// arrives; resolves with the `done` event's data and the seed. Aborting the signal closes the
+// connection, which stops the sampling on the server.
+export async function streamSamples(model, payload, onEvent, { signal } = {}) {
+  let response;
+  try {
+    response = await fetch(`/v1/models/${encodeURIComponent(model)}/samples`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(payload),
+      signal,
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ReadableError("Could not reach the service. Is it still running?");
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new ReadableError(describe(response.status, response.statusText, body));
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let done = null;
+  for (;;) {
+    const { value, done: ended } = await reader.read();
+    if (ended) break;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const [name, data] = parseEvent(buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+      if (name === "error") throw new ReadableError(data.detail);
+      if (name === "done") done = data;
+      onEvent(name, data);
+    }
+  }
+  if (!done) throw new ReadableError("The stream ended before the samples were done");
+  return { ...done, seed: Number(response.headers.get("X-Seed")) };
+}

@@ -2,10 +2,12 @@
 
 import { listModels } from "./api.js";
 import { arithmeticTab } from "./arithmetic.js";
+import { modelCard } from "./cards.js";
 import { drawTab } from "./draw.js";
 import { interpolateTab } from "./interpolate.js";
 import { sampleTab } from "./sample.js";
-import { buildLatentPickers, defaultLatents, el, randomSeed, runner, syncLatentPickers } from "./ui.js";
+import { traverseTab } from "./traverse.js";
+import { buildLatentPickers, defaultLatents, randomSeed, runner, syncLatentPickers } from "./ui.js";
 
 const ctx = { model: null, models: [], limits: {} };
 const tabButtons = [...document.querySelectorAll("[role=tab]")];
@@ -13,7 +15,8 @@ const tabs = {};
 let activeTab = "sample";
 
 function setUpTabs() {
-  const builders = { sample: sampleTab, interpolate: interpolateTab, arithmetic: arithmeticTab, draw: drawTab };
+  const builders = { sample: sampleTab, interpolate: interpolateTab, traverse: traverseTab, arithmetic: arithmeticTab,
+    draw: drawTab };
   for (const [name, build] of Object.entries(builders)) {
     const panel = document.getElementById(`panel-${name}`);
     buildLatentPickers(panel);
@@ -54,49 +57,6 @@ function restoreForm(form, params) {
 }
 
 // -- Model picker ---------------------------------------------------------------------------------
-
-function formatMetric(value) {
-  if (typeof value !== "number") return String(value);
-  return Number.isInteger(value) ? String(value) : value.toPrecision(4).replace(/\.?0+$/, "");
-}
-
-// Metrics may nest one level ({"bits_per_dim": {"test": 3.1}}); each leaf gets its own row.
-function metricRows(metrics, prefix = "") {
-  return Object.entries(metrics).flatMap(([key, value]) => {
-    const label = `${prefix}${key.replaceAll("_", " ")}`;
-    return value && typeof value === "object" && !Array.isArray(value)
-      ? metricRows(value, `${label} · `) : [[label, formatMetric(value)]];
-  });
-}
-
-// What each family does, in a line, for people who meet these models here first.
-const FAMILY_NOTES = {
-  pixelcnn: "Autoregressive: draws one pixel at a time; exact likelihood.",
-  vae: "Variational autoencoder: encodes and decodes through a smooth latent space.",
-  dcgan: "Adversarial: a generator trained to fool a critic; sharp samples.",
-};
-
-function modelCard(model) {
-  const id = `model-${model.name}`;
-  // The radio is named by the model's name alone; the rest of the card describes it.
-  const input = el("input", { type: "radio", name: "model", value: model.name });
-  input.setAttribute("aria-labelledby", `${id}-name`);
-  input.setAttribute("aria-describedby", `${id}-about`);
-  const [c, h, w] = model.image_shape;
-  const meta = [model.dataset, `${w}×${h}${c > 1 ? `×${c}` : ""}`,
-    model.latent_dim ? `${model.latent_dim}-d latent` : "autoregressive",
-    model.checkpoint?.epochs ? `${model.checkpoint.epochs} epochs` : null].filter(Boolean).join(" · ");
-  const rows = metricRows(model.metrics || {});
-  const metrics = el("dl", { className: "metrics" }, ...(rows.length
-    ? rows.flatMap(([key, value]) => [el("dt", { textContent: key }), el("dd", { textContent: value })])
-    : [el("dt", { textContent: "no metrics yet" })]));
-  return el("label", { className: "model-card" }, input,
-    el("div", { className: "name" }, el("span", { id: `${id}-name`, textContent: model.name }),
-      el("span", { className: "badge", textContent: model.family })),
-    el("div", { id: `${id}-about` },
-      el("p", { className: "note", textContent: FAMILY_NOTES[model.family] || "" }),
-      el("div", { className: "meta", textContent: meta }), metrics));
-}
 
 // Show, hide and bound the controls that depend on the model.
 function applyModel(model) {

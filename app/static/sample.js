@@ -1,19 +1,42 @@
-// Sample tab: a grid of n images from one seed; image i is the image of seed + i.
+// Sample tab: a grid of n images from one seed; image i is the image of seed + i. A model that
+// samples row by row ("stream") is read as Server-Sent Events and drawn as the rows arrive.
 
-import { call } from "./api.js";
-import { pngImages } from "./ui.js";
+import { call, streamSamples } from "./api.js";
+import { gridCells, pngImages } from "./ui.js";
 
 export function sampleTab(panel, ctx) {
   const form = panel.querySelector("form");
   const grid = panel.querySelector("#sample-result");
+  const live = panel.querySelector("#sample-live");
+  const rowsLabel = panel.querySelector(".rows-drawn");
+  const output = panel.querySelector(".output");
   const caption = panel.querySelector(".caption");
+
+  // The images of a streamed request: the grid so far while it comes, then its cells.
+  async function streamed(body, signal) {
+    const [, height, width] = ctx.model.image_shape;
+    const cols = Math.ceil(Math.sqrt(body.n));
+    output.dataset.rowsDrawn = "0";
+    const done = await streamSamples(ctx.model.name, body, (name, data) => {
+      if (name !== "progress") return;
+      live.src = `data:image/png;base64,${data.image}`;
+      live.alt = `${ctx.model.name} samples, ${data.row + 1} of ${data.rows} rows drawn`;
+      live.hidden = false;
+      grid.replaceChildren();
+      rowsLabel.textContent = `row ${data.row + 1} of ${data.rows}`;
+      output.dataset.rowsDrawn = String(data.row + 1);
+    }, { signal });
+    return { seed: done.seed, images: await gridCells(done.image, body.n, cols, height, width) };
+  }
 
   async function run(signal) {
     const data = Object.fromEntries(new FormData(form));
     const body = { n: Number(data.n), seed: data.seed === "" ? null : Number(data.seed) };
     if (data.temperature) body.temperature = Number(data.temperature);
     if (data.class) body.class = data.class;
-    const result = await call(ctx.model.name, "samples", body, { signal });
+    rowsLabel.textContent = "";
+    const result = ctx.model.capabilities.includes("stream")
+      ? await streamed(body, signal) : await call(ctx.model.name, "samples", body, { signal });
     const ofClass = data.class ? `, class ${data.class}` : "";
     const images = await pngImages(result.images,
       (i) => `${ctx.model.name} sample ${i + 1} of ${body.n}, seed ${result.seed + i}${ofClass}`, signal);
@@ -21,6 +44,7 @@ export function sampleTab(panel, ctx) {
     // The seed the server used goes into the form (unless edited meanwhile) and the URL.
     if (form.elements.seed.value === data.seed) form.elements.seed.value = result.seed;
     grid.style.setProperty("--cols", Math.ceil(Math.sqrt(images.length)));
+    live.hidden = true;
     grid.replaceChildren(...images);
     caption.querySelector(".seed").textContent = result.seed;
     caption.querySelector(".caption-extra").textContent =
@@ -29,7 +53,7 @@ export function sampleTab(panel, ctx) {
     return { ...data, seed: result.seed };
   }
 
-  const reset = () => { grid.replaceChildren(); caption.hidden = true; };
+  const reset = () => { grid.replaceChildren(); live.hidden = true; caption.hidden = true; };
   const hasResult = () => !caption.hidden;
 
   return { form, run, reset, hasResult };

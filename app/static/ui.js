@@ -128,3 +128,23 @@ export function latentOf(data, name) {
 export function describeLatent(spec) {
   return "class" in spec ? spec.class : `seed ${spec.seed}`;
 }
+
+// The cells of a PNG grid (2 px padding, `cols` a row) as base64 PNGs, cut out with a canvas.
+export async function gridCells(b64, n, cols, height, width) {
+  const grid = new Image();
+  grid.src = `data:image/png;base64,${b64}`;
+  await grid.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const cells = [];
+  for (let i = 0; i < n; i++) {
+    const top = 2 + Math.floor(i / cols) * (height + 2);
+    const left = 2 + (i % cols) * (width + 2);
+    context.clearRect(0, 0, width, height);
+    context.drawImage(grid, left, top, width, height, 0, 0, width, height);
+    cells.push(canvas.toDataURL("image/png").split(",")[1]);
+  }
+  return cells;
+}

@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
+from app.registry import CAPABILITIES
+from models.checkpoint import read_card
 
 PAD = 2
 
@@ -31,6 +33,12 @@ async def serving(weights_dir, **settings):
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:
             client.app = app
             yield client
+
+
+def served_names(weights_dir) -> list[str]:
+    """The sorted names of the checkpoint folders the service serves (the generators)."""
+    return sorted(folder.name for folder in weights_dir.iterdir()
+                  if (folder / "card.json").is_file() and read_card(folder)["family"] in CAPABILITIES)
 
 
 def png(content: bytes) -> np.ndarray:

@@ -43,8 +43,8 @@ async def test_reconstruct_takes_a_multipart_upload(client):
     assert wrong_field.status_code == 422 and "image" in wrong_field.text
 
 
-async def test_reconstruct_needs_an_encoder(client):
-    for name in ("dcgan", "pixelcnn"):
+async def test_reconstruct_needs_a_latent_space(client):
+    for name in ("pixelcnn",):
         response = await client.post(f"/v1/models/{name}/reconstruct", json={"image": SHIRT})
         assert response.status_code == 400
         assert "capabilities" in response.json()["detail"] and "sample" in response.json()["detail"]
@@ -55,7 +55,7 @@ async def test_image_latent_is_the_encoder_mean(client):
     reconstruction = (await client.post("/v1/models/vae/reconstruct?format=json", json={"image": SHIRT})).json()
     assert np.allclose(z, reconstruction["latents"][0], atol=1e-5)
     dcgan = await client.post("/v1/models/dcgan/latents", json={"latent": {"image": SHIRT}})
-    assert dcgan.status_code == 400
+    assert dcgan.status_code == 200, "the DCGAN projects the image instead (tests/app/test_api_explore.py)"
 
 
 async def test_complete_keeps_the_top_rows(client):

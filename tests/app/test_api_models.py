@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from apptest import metric, serving
+from apptest import metric, served_names, serving
 
 pytestmark = pytest.mark.anyio
 
-CAPABILITIES = {"sample", "interpolate", "arithmetic", "encode", "reconstruct", "complete", "likelihood"}
+CAPABILITIES = {"sample", "stream", "interpolate", "traverse", "arithmetic", "encode", "project", "reconstruct",
+                "complete", "likelihood"}
 IMAGE_ENDPOINTS = ["samples", "interpolate", "arithmetic", "reconstruct", "complete"]
 
 
-async def test_models_lists_the_three_generators_and_the_limits(client):
+async def test_models_lists_the_generators_and_the_limits(client, weights_dir):
     response = await client.get("/v1/models")
     assert response.status_code == 200
     body = response.json()
-    assert {m["name"] for m in body["models"]} == {"pixelcnn", "vae", "dcgan"}
+    assert {m["name"] for m in body["models"]} == set(served_names(weights_dir)) >= {"pixelcnn", "vae", "dcgan"}
     assert body["limits"] == {"max_n": 64, "max_n_pixelcnn": 16, "max_steps": 32, "max_terms": 16,
                               "max_image_bytes": 1 << 20, "max_body_bytes": 2 << 20}
 
@@ -34,9 +35,9 @@ async def test_model_info(client, name):
     assert isinstance(info["metrics"], dict)
     assert len(info["checkpoint"]["sha256"]) == 64 and info["checkpoint"]["trained_at"]
     assert info["checkpoint"]["epochs"] > 0
-    expected = {"pixelcnn": {"sample", "complete", "likelihood"},
-                "vae": {"sample", "interpolate", "arithmetic", "encode", "reconstruct", "likelihood"},
-                "dcgan": {"sample", "interpolate", "arithmetic"}}[name]
+    expected = {"pixelcnn": {"sample", "stream", "complete", "likelihood"},
+                "vae": {"sample", "interpolate", "traverse", "arithmetic", "encode", "reconstruct", "likelihood"},
+                "dcgan": {"sample", "interpolate", "traverse", "arithmetic", "encode", "project", "reconstruct"}}[name]
     assert set(info["capabilities"]) == expected
 
 
@@ -48,11 +49,11 @@ async def test_unknown_model_is_404_naming_the_known_ones(client):
         assert all(name in response.json()["detail"] for name in ("pixelcnn", "vae", "dcgan"))
 
 
-async def test_health_and_readiness(client):
+async def test_health_and_readiness(client, weights_dir):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "models": ["dcgan", "pixelcnn", "vae"], "failed": {}}
+    assert response.json() == {"ready": True, "models": served_names(weights_dir), "failed": {}}
 
 
 async def test_metrics_count_requests_per_endpoint_and_model(client):
@@ -96,7 +97,8 @@ async def test_limits_are_settings(weights_dir):
     async with serving(weights_dir, max_n=8, max_n_pixelcnn=2, max_steps=4) as client:
         body = (await client.get("/v1/models")).json()
         assert body["limits"]["max_n"] == 8 and body["limits"]["max_steps"] == 4
-        assert {m["name"]: m["max_n"] for m in body["models"]} == {"dcgan": 8, "pixelcnn": 2, "vae": 8}
+        assert {m["name"]: m["max_n"] for m in body["models"]} == {
+            name: 2 if name == "pixelcnn" else 8 for name in served_names(weights_dir)}
         assert (await client.post("/v1/models/dcgan/samples", json={"n": 9})).status_code == 422
         assert (await client.post("/v1/models/pixelcnn/samples", json={"n": 3})).status_code == 422
         path = {"start": {"seed": 1}, "end": {"seed": 2}, "steps": 5}

@@ -26,7 +26,7 @@ from playwright.sync_api import expect  # noqa: E402
 
 expect.set_options(timeout=120_000)  # a PixelCNN on a busy CPU takes its time
 
-TABS = {"sample": {"sample"}, "interpolate": {"interpolate"}, "arithmetic": {"arithmetic"},
+TABS = {"sample": {"sample"}, "interpolate": {"interpolate"}, "traverse": {"traverse"}, "arithmetic": {"arithmetic"},
         "draw": {"reconstruct", "complete", "likelihood"}}
 
 
@@ -110,7 +110,8 @@ def test_model_picker_shows_the_models_and_tabs_follow_capabilities(page, models
         expect(card.locator(".name")).to_contain_text(name)
         expect(card.locator(".badge")).to_have_text(info["family"])
         expect(card.locator(".meta")).to_contain_text(info["dataset"])
-        shown = dict(zip(card.locator("dt").all_inner_texts(), card.locator("dd").all_inner_texts()))
+        # Every figure is on the card, the folded ones too (text content: a closed <details> renders none).
+        shown = dict(zip(card.locator("dt").all_text_contents(), card.locator("dd").all_text_contents()))
         for key, value in info["metrics"].items():
             if isinstance(value, (int, float)):
                 assert math.isclose(float(shown[key.replace("_", " ")]), value, rel_tol=1e-3), key
@@ -133,7 +134,7 @@ def test_model_picker_shows_the_models_and_tabs_follow_capabilities(page, models
     expect(page.locator("#tab-interpolate")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#panel-interpolate")).to_be_visible()
     page.keyboard.press("End")
-    expect(page.locator("#tab-arithmetic")).to_be_focused()  # draw is disabled for a DCGAN
+    expect(page.locator("#tab-draw")).to_be_focused()  # a DCGAN reconstructs uploads by projection
     page.keyboard.press("Home")
     expect(page.locator("#tab-sample")).to_be_focused()
     shot(page, artifacts, "models")
@@ -354,7 +355,7 @@ def test_api_errors_are_readable_messages(page, api, console, artifacts, tmp_pat
         return dict(status=response.status_code, json=response.json()), response.json()["detail"]
 
     too_many, too_many_detail = real(api.post("/v1/models/dcgan/samples", json={"n": 1000}))
-    unable, unable_detail = real(api.post("/v1/models/dcgan/reconstruct", json={"image": "aGVsbG8="}))
+    unable, unable_detail = real(api.post("/v1/models/pixelcnn/reconstruct", json={"image": "aGVsbG8="}))
     unknown, unknown_detail = real(api.post("/v1/models/nope/samples", json={}))
     assert too_many["status"] == 422 and unable["status"] == 400 and unknown["status"] == 404
     cases = [

@@ -77,6 +77,22 @@ def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(n_classes):
     assert torch.equal(fast, naive)
 
 
+@pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])
+def test_drawing_a_row_at_a_time_draws_the_same_pixels(image_shape):
+    """What the event stream of samples does: each row drawn given the rows before, stopping after it."""
+    model = small(n_classes=3, image_shape=image_shape)
+    noise, cond = model.draw_noise(3, torch.Generator().manual_seed(5))
+    whole = model.sample_from_noise(noise.double(), 0.8, cond)
+    drawn = torch.zeros_like(whole)
+    for row in range(image_shape[1]):
+        known = torch.zeros(1, 1, *image_shape[1:], dtype=torch.bool)
+        known[:, :, :row] = True
+        drawn = model.sample_from_noise(noise.double(), 0.8, cond, x=drawn, known_mask=known, stop_row=row + 1)
+        assert torch.equal(drawn[:, :, : row + 1], whole[:, :, : row + 1])
+        assert not drawn[:, :, row + 1:].any(), "the rows below stay as given"
+    assert torch.equal(drawn, whole)
+
+
 def test_a_sample_does_not_depend_on_its_batch():
     model = small()
     noise, _ = model.draw_noise(4, torch.Generator().manual_seed(2))

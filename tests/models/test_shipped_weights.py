@@ -13,7 +13,8 @@ from models.data import FASHION_MNIST_CLASSES, load_dataset, to_float
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-GENERATORS = ["pixelcnn", "vae", "dcgan"]
+GENERATORS = ["pixelcnn", "vae", "dcgan", "vae2d"]
+FAMILY = {"vae2d": "vae"}  # a VAE with a 2-d latent, for the picture of its whole latent space
 MAX_BYTES = 20 * 1024 * 1024
 
 
@@ -26,11 +27,12 @@ def shipped(request):
 
 def test_card_documents_the_training(shipped):
     name, model, card = shipped
-    assert card["name"] == name and card["family"] == name
+    family = FAMILY.get(name, name)
+    assert card["name"] == name and card["family"] == family
     assert card["sha256"] == sha256_file(WEIGHTS / name / "model.safetensors")
     assert card["dataset"] == "fashion-mnist" and card["classes"] == FASHION_MNIST_CLASSES
     training = card["training"]
-    assert training["command"].startswith(f"python -m models.train {name}")
+    assert training["command"].startswith(f"python -m models.train {family}")
     assert training["train_images"] == 60000, "trained on the full train split"
     assert training["epochs"] >= 1 and training["steps"] >= 900
     assert training["wall_time_s"] > 0 and training["hardware"] and training["trained_at"]
@@ -44,12 +46,16 @@ def test_card_carries_the_evaluation(shipped):
         assert metrics["test_accuracy"] >= 0.9
         return
     assert metrics["frechet_distance"] > metrics["frechet_distance_test_vs_train"] >= 0
-    assert metrics["classes_found"] == 10
-    if name in ("pixelcnn", "vae"):
+    # Two latent dimensions cannot hold everything: vae2d's samples miss a class (Coat, 9 of 10).
+    small = name == "vae2d"
+    assert metrics["classes_found"] >= (9 if small else 10)
+    if name in ("pixelcnn", "vae", "vae2d"):
         assert 0 < metrics["test_bits_per_dim"] < 8
-    if name in ("vae", "dcgan"):
+    if name in ("vae", "dcgan", "vae2d"):
         assert set(card["class_latents"]) == set(FASHION_MNIST_CLASSES)
-        assert metrics["class_mean_decodes_to_class"] >= 0.8
+        assert metrics["class_mean_decodes_to_class"] >= (0.7 if small else 0.8)
+    if name in ("vae", "vae2d"):  # the scatter of the demo page
+        assert len(card["latent_map"]["points"]) == card["latent_map"]["images"] == 1000
 
 
 @pytest.mark.parametrize("name", ["vae", "dcgan"])
