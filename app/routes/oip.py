@@ -135,11 +135,11 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, responses=UNKNOWN)
-@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=UNKNOWN,
+@router.get("/models/{name}", response_model=ModelMetadata, responses={**UNKNOWN, **FALSE})
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses={**UNKNOWN, **FALSE},
             include_in_schema=False)
 async def model_metadata(name: str, request: Request, version: str | None = None) -> JSONResponse:
-    """The model's version, platform and the tensors of one sample."""
+    """The model's version, platform and the tensors of one sample (400 while it is not loaded)."""
     model = _lookup(request, name, version)
     if isinstance(model, JSONResponse):
         return model
