@@ -32,6 +32,8 @@ SAMPLE = {"n": 2, "seed": 11}
 
 pytestmark = [
     pytest.mark.slow,
+    # Past the suite's 900 s per test: a first build on a busy 2-core machine takes longer.
+    pytest.mark.timeout(3600),
     pytest.mark.skipif(os.environ.get("GENSERVE_IMAGE_TEST") != "1",
                        reason="builds the container image (minutes): run it with `make image-test`"),
 ]
