@@ -13,12 +13,15 @@ FROM ${PYTHON_IMAGE} AS deps
 # driver and Container Toolkit are enough.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+# Read by pip from the environment, for builders that reach packages another way (scripts/build-image).
+ARG PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 # torch alone first: it is most of the image and changes least often.
 RUN python -m venv /opt/venv \
- && pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+ && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 # The rest is read from pyproject.toml so the two lists never drift; torch is already satisfied.
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
@@ -27,9 +30,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject
 
 # -- runtime: what both images share -------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
-# A fixed numeric uid: Kubernetes' runAsNonRoot can only check a numeric USER, and the files in
-# the weights and runs volumes keep one owner whichever image wrote them.
-RUN useradd --uid 10001 --user-group --create-home --no-log-init genserve
+# Fixed numeric uids: Kubernetes' runAsNonRoot can only check a numeric USER, and the files in the
+# weights and runs volumes keep one owner whichever image wrote them. The API (10001) only reads
+# the weights; the trainer (10002) owns them, so a compromised server cannot replace a model.
+RUN useradd --uid 10001 --user-group --create-home --no-log-init genserve \
+ && useradd --uid 10002 --user-group --create-home --no-log-init genserve-train
 COPY --from=deps /opt/venv /opt/venv
 # NVIDIA_DRIVER_CAPABILITIES: older Container Toolkits mount only "utility" (no CUDA) when unset.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -37,9 +42,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     GENSERVE_WEIGHTS_DIR=/srv/genserve/weights \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /srv/genserve
-# Owned by the app user so that a named volume mounted here starts as a writable copy of them
-# (what the train service writes into). A volume or bind mount at this path replaces them.
-COPY --chown=10001:10001 weights/ weights/
+# Owned by the trainer so that a named volume mounted here starts as a copy the train service can
+# write into; readable, not writable, by the API. A volume or bind mount at this path replaces them.
+COPY --chown=10002:10002 weights/ weights/
 COPY models/ models/
 COPY app/ app/
 
@@ -48,9 +53,9 @@ FROM runtime AS train
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
  && rm -rf /var/lib/apt/lists/*
-# Resumable training state (--state-dir runs/NAME); owned by the user for the same reason as weights/.
-RUN install -d -o 10001 -g 10001 runs
-USER 10001
+# Resumable training state (--state-dir runs/NAME); owned by the trainer for the same reason as weights/.
+RUN install -d -o 10002 -g 10002 runs
+USER 10002
 ENTRYPOINT ["python", "-m", "models.train"]
 CMD ["--help"]
 
@@ -61,8 +66,11 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # One worker process per visible GPU (each loads the models once), one on a CPU-only host;
-# GENSERVE_WORKERS overrides. Shell form so the count is taken at start; `exec` makes uvicorn
-# PID 1, so `docker stop` reaches it and it drains in-flight requests.
+# GENSERVE_WORKERS overrides. Shell form so the count and the grace after SIGTERM
+# (GENSERVE_GRACEFUL_TIMEOUT_S, read by app/config.py) are taken at start; `exec` makes uvicorn
+# PID 1, so `docker stop` reaches it and it drains in-flight requests. Give the container's stop
+# timeout (Docker: 10 s; Kubernetes: terminationGracePeriodSeconds) at least that grace.
 # hadolint ignore=DL3025
 CMD exec uvicorn app.main:app --host 0.0.0.0 --port 8000 \
-    --workers "${GENSERVE_WORKERS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+    --workers "${GENSERVE_WORKERS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}" \
+    --timeout-graceful-shutdown "$(python -c 'from app.config import Settings; print(round(Settings().shutdown_grace_s))')"

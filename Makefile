@@ -3,7 +3,7 @@ VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test setup setup-dev train-all evaluate-all
+.PHONY: serve test image-test setup setup-dev train-all evaluate-all
 
 setup:
 	scripts/setup
@@ -16,6 +16,10 @@ serve: setup
 
 test: setup-dev
 	$(VENV)/bin/python -m pytest
+
+# Build the CPU API image (scripts/build-image) and serve from it: minutes, so not part of `test`.
+image-test: setup-dev
+	GENSERVE_IMAGE_TEST=1 $(VENV)/bin/python -m pytest -s tests/deploy/test_image.py
 
 # Reproduce the shipped weights (hours on a CPU; see the cards for the commands and times).
 train-all: setup

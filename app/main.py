@@ -20,7 +20,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics, SecurityHeaders
 from app.registry import Registry, resolve_device
-from app.routes import admin, generate, health, images, models
+from app.routes import admin, generate, health, images, models, oip
 from app.worker import Worker
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization"], expose_headers=["X-Seed", "Retry-After"])
-    for module in (health, models, generate, images, admin):
+    for module in (health, models, generate, images, admin, oip):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

