@@ -66,11 +66,13 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # One worker process per visible GPU (each loads the models once), one on a CPU-only host;
-# GENSERVE_WORKERS overrides. Shell form so the count and the grace after SIGTERM
-# (GENSERVE_GRACEFUL_TIMEOUT_S, read by app/config.py) are taken at start; `exec` makes uvicorn
-# PID 1, so `docker stop` reaches it and it drains in-flight requests. Give the container's stop
-# timeout (Docker: 10 s; Kubernetes: terminationGracePeriodSeconds) at least that grace.
-# hadolint ignore=DL3025
+# GENSERVE_WORKERS overrides. Shell form so the count and the server's guards are taken from the
+# settings at start (`python -m app.server` prints them as flags: the header and body read
+# deadlines, keep-alive, the connection cap and the grace after SIGTERM,
+# GENSERVE_GRACEFUL_TIMEOUT_S); `exec` makes uvicorn PID 1, so `docker stop` reaches it and it
+# drains in-flight requests. Give the container's stop timeout (Docker: 10 s; Kubernetes:
+# terminationGracePeriodSeconds) at least that grace.
+# hadolint ignore=DL3025,SC2046
 CMD exec uvicorn app.main:app --host 0.0.0.0 --port 8000 \
     --workers "${GENSERVE_WORKERS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}" \
-    --timeout-graceful-shutdown "$(python -c 'from app.config import Settings; print(round(Settings().shutdown_grace_s))')"
+    $(python -m app.server)

@@ -118,3 +118,15 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.max_connections,
         h11_max_incomplete_event_size=settings.max_header_bytes)
+
+
+def uvicorn_flags(settings: Settings) -> str:
+    """The settings above as `uvicorn` command-line flags, for the container's multi-worker command
+    (`uvicorn ... $(python -m app.server)`), so that it serves with the same guards."""
+    return (f"--http app.server:GuardedH11Protocol --timeout-graceful-shutdown {round(settings.shutdown_grace_s)} "
+            f"--timeout-keep-alive {settings.keep_alive_s} --limit-concurrency {settings.max_connections} "
+            f"--h11-max-incomplete-event-size {settings.max_header_bytes}")
+
+
+if __name__ == "__main__":
+    print(uvicorn_flags(Settings()))
