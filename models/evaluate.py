@@ -208,10 +208,21 @@ def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, li
                       device: str = "cpu", data_dir: str | None = None) -> dict:
     """Score the samples a `models.baselines` run wrote, into its baseline.json."""
     record = json.loads((path / BASELINE_FILE).read_text())
-    samples = to_float(load_file(str(path / SAMPLES_FILE))["samples"])
-    record["metrics"] = sample_quality(samples, classifier_path, "fashion-mnist", data_dir, limit, device)
+    samples, dataset = samples_of(path)
+    record["metrics"] = sample_quality(samples, classifier_path, dataset, data_dir, limit, device)
     (path / BASELINE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record["metrics"]
+
+
+def samples_of(path: Path, n: int | None = None, device: str = "cpu", quiet: bool = False) -> tuple[torch.Tensor, str]:
+    """(float samples, dataset) of a checkpoint, drawn as evaluation draws them, or of a baseline run."""
+    if (path / BASELINE_FILE).is_file():
+        return to_float(load_file(str(path / SAMPLES_FILE))["samples"]), "fashion-mnist"
+    model, card = load_checkpoint(path, device)
+    pixelcnn = model.family == "pixelcnn"
+    samples = generate(model, n or (1000 if pixelcnn else 10000), seed=0,
+                       batch_size=100 if pixelcnn else SAMPLE_BATCH, quiet=quiet)
+    return samples, card["dataset"]
 
 
 def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
@@ -230,8 +241,8 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
         metrics.update(likelihood(model, test, 100 if model.family == "pixelcnn" else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
     train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
-    n = n_samples or (1000 if model.family == "pixelcnn" else 10000)
-    samples = generate(model, n, seed=0, batch_size=100 if model.family == "pixelcnn" else SAMPLE_BATCH, quiet=quiet)
+    samples, _ = samples_of(path, n_samples, device, quiet)
+    n = samples.shape[0]
     metrics.update(sample_quality(samples, classifier_path, card["dataset"], data_dir, limit, device))
     fields = {"metrics": metrics}
     if model.family == "pixelcnn" and model.config.n_classes:
@@ -255,10 +266,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--sample-quality-only", action="store_true",
+                        help="score the samples only and write nothing: a second opinion from another --classifier")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     for path in args.checkpoint:
+        if args.sample_quality_only:
+            samples, dataset = samples_of(path, args.samples, args.device, args.quiet)
+            metrics = sample_quality(samples, args.classifier, dataset, args.data_dir, args.limit, args.device)
+            print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
+            continue
         metrics = evaluate(path, args.classifier, args.samples, args.limit, args.device, args.quiet, args.data_dir)
         print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
 
