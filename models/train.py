@@ -69,7 +69,7 @@ def extend_model(model: nn.Module, config: dict) -> nn.Module:
     """A module of `model`'s family built from `config`, holding `model`'s weights: the parts the
     config adds start from their initialisation; every weight of `model` must fit the new one."""
     extended = build_model(model.family, config)
-    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    _, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
     if unexpected:
         raise SystemExit(f"error: the new config drops weights of the checkpoint: {unexpected[:5]}")
     return extended
