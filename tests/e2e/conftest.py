@@ -137,3 +137,14 @@ def artifacts(request, tmp_path) -> Path:
     folder = Path(root) / re.sub(r"[^\w.-]+", "_", request.node.name)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def wait_until(page, expression: str, arg=None, timeout_s: float = 15.0) -> None:
+    """Poll a JavaScript function of `arg` until it returns something truthy. Playwright's own
+    wait_for_function evaluates strings inside the page, which the page's Content-Security-Policy
+    (no 'unsafe-eval') forbids; page.evaluate runs through the DevTools protocol instead."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_s} s: {expression}")
+        page.wait_for_timeout(50)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import CHROMIUM
+from .conftest import CHROMIUM, wait_until
 from .test_page import api_images, assert_same_images, loaded_images, shot
 
 pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed: pip install playwright")
@@ -102,7 +102,7 @@ def test_pixelcnn_samples_are_drawn_row_by_row_from_the_event_stream(page, api, 
     loaded_images(page.locator("#sample-result img"), 3)
     page.evaluate(RECORD_ROWS)
     page.locator("label.model-card").filter(has=page.locator('input[value="pixelcnn"]')).click()
-    page.wait_for_function("window.rowsShown.length > 0")
+    wait_until(page, "() => window.rowsShown.length > 0")
     expect(page.locator("#sample-live")).to_be_visible()
     shot(page, artifacts, "pixelcnn-rows")
     expect(page.locator("#sample-seed-shown")).to_have_text("9")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import CHROMIUM, open_page
+from .conftest import CHROMIUM, open_page, wait_until
 
 pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed: pip install playwright")
 if not CHROMIUM.exists():
@@ -35,8 +35,8 @@ TABS = {"sample": {"sample"}, "interpolate": {"interpolate"}, "traverse": {"trav
 def loaded_images(locator, count: int) -> list[str]:
     """Wait for `count` images under `locator` to load; return their base64 PNGs."""
     expect(locator).to_have_count(count)
-    locator.first.page.wait_for_function(
-        "els => els.every(e => e.complete && e.naturalWidth > 0)", arg=locator.element_handles())
+    wait_until(locator.first.page, "els => els.every(e => e.complete && e.naturalWidth > 0)",
+               locator.element_handles())
     return locator.evaluate_all("els => els.map(e => e.src.split(',')[1])")
 
 
@@ -198,7 +198,7 @@ def test_sample_pixelcnn_shows_progress_and_temperature(page, api, models, artif
     expect(page.locator("#panel-sample .output")).to_have_attribute("aria-busy", "true")
     assert len(held) == 1
     # It fades in after a moment (so that quick answers do not flicker); wait for it to show fully.
-    page.wait_for_function("getComputedStyle(document.querySelector('#panel-sample .progress')).opacity === '1'")
+    wait_until(page, "() => getComputedStyle(document.querySelector('#panel-sample .progress')).opacity === '1'")
     shot(page, artifacts, "sample-pixelcnn-progress")
     held[0].continue_()
     page.unroute("**/v1/models/pixelcnn/samples*")
@@ -325,9 +325,9 @@ def test_draw_tab_pixelcnn_upload_complete_and_likelihood(page, api, artifacts, 
     expect(page.get_by_role("button", name="Reconstruct")).to_be_hidden()
     pixel = "() => document.querySelector('#pad').getContext('2d').getImageData(14, 18, 1, 1).data[0]"
     page.locator("#pad-upload").set_input_files(upload)
-    page.wait_for_function(f"({pixel})() < 60")  # the upload is on the pad, dark on light
+    wait_until(page, f"() => ({pixel})() < 60")  # the upload is on the pad, dark on light
     page.get_by_role("button", name="Invert").click()  # light on dark, like the training images
-    page.wait_for_function(f"({pixel})() > 200")
+    wait_until(page, f"() => ({pixel})() > 200")
     draw_stroke(page, [(3, 3), (8, 3)])
     image = canvas_png(page)
 
