@@ -182,11 +182,10 @@ def class_mean_accuracy(model: nn.Module, classifier: nn.Module, latents: dict, 
     return sum(int(p.argmax()) == classes.index(c) for p, c in zip(probs, names)) / max(1, len(names))
 
 
-def sample_quality(samples: torch.Tensor, classifier_path: Path, dataset: str, data_dir: str | None,
-                   limit: int | None, device: str) -> dict:
+def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name: str, dataset: str,
+                   data_dir: str | None, limit: int | None) -> dict:
     """Frechet distance of float samples [N, C, H, W] to the test split in the classifier's
     features (with the test-vs-train floor), and the classes the classifier gives them."""
-    classifier, _ = load_checkpoint(classifier_path, device)
     test = load_dataset(dataset, "test", data_dir, limit=limit)
     train = load_dataset(dataset, "train", data_dir, limit=limit)
     test_feats, _ = features_of(classifier, to_float(test.images))
@@ -199,7 +198,7 @@ def sample_quality(samples: torch.Tensor, classifier_path: Path, dataset: str, d
         # The same on the first 1,000 samples only (a larger figure: the estimate is biased
         # upwards at small N), which a test can afford to recompute from the weights.
         f"frechet_distance_{QUICK_SAMPLES}": round(frechet_distance(sample_feats[:QUICK_SAMPLES], test_feats), 3),
-        "frechet_feature_space": f"{classifier_path.name} penultimate layer ({test_feats.shape[1]} dims)",
+        "frechet_feature_space": f"{classifier_name} penultimate layer ({test_feats.shape[1]} dims)",
         **class_report(sample_probs, test.classes),
     }
 
@@ -209,7 +208,8 @@ def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, li
     """Score the samples a `models.baselines` run wrote, into its baseline.json."""
     record = json.loads((path / BASELINE_FILE).read_text())
     samples, dataset = samples_of(path)
-    record["metrics"] = sample_quality(samples, classifier_path, dataset, data_dir, limit, device)
+    classifier, _ = load_checkpoint(classifier_path, device)
+    record["metrics"] = sample_quality(samples, classifier, classifier_path.name, dataset, data_dir, limit)
     (path / BASELINE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record["metrics"]
 
@@ -219,10 +219,14 @@ def samples_of(path: Path, n: int | None = None, device: str = "cpu", quiet: boo
     if (path / BASELINE_FILE).is_file():
         return to_float(load_file(str(path / SAMPLES_FILE))["samples"]), "fashion-mnist"
     model, card = load_checkpoint(path, device)
+    return draw_samples(model, n, quiet), card["dataset"]
+
+
+def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
+    """Evaluation's samples: n (default 10,000; 1,000 for the slow PixelCNN) from seed 0."""
     pixelcnn = model.family == "pixelcnn"
-    samples = generate(model, n or (1000 if pixelcnn else 10000), seed=0,
-                       batch_size=100 if pixelcnn else SAMPLE_BATCH, quiet=quiet)
-    return samples, card["dataset"]
+    return generate(model, n or (1000 if pixelcnn else 10000), seed=0,
+                    batch_size=100 if pixelcnn else SAMPLE_BATCH, quiet=quiet)
 
 
 def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
@@ -241,9 +245,9 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
         metrics.update(likelihood(model, test, 100 if model.family == "pixelcnn" else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
     train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
-    samples, _ = samples_of(path, n_samples, device, quiet)
+    samples = draw_samples(model, n_samples, quiet)
     n = samples.shape[0]
-    metrics.update(sample_quality(samples, classifier_path, card["dataset"], data_dir, limit, device))
+    metrics.update(sample_quality(samples, classifier, classifier_path.name, card["dataset"], data_dir, limit))
     fields = {"metrics": metrics}
     if model.family == "pixelcnn" and model.config.n_classes:
         metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
@@ -274,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.checkpoint:
         if args.sample_quality_only:
             samples, dataset = samples_of(path, args.samples, args.device, args.quiet)
-            metrics = sample_quality(samples, args.classifier, dataset, args.data_dir, args.limit, args.device)
+            classifier, _ = load_checkpoint(args.classifier, args.device)
+            metrics = sample_quality(samples, classifier, args.classifier.name, dataset, args.data_dir, args.limit)
             print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
             continue
         metrics = evaluate(path, args.classifier, args.samples, args.limit, args.device, args.quiet, args.data_dir)
