@@ -27,13 +27,15 @@ class Settings(BaseSettings):
                         description="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads for inference "
                                 "(default: the usable cores less one, which is left to HTTP and PNG work)")
-    channels_last: bool = Field(True, description="run DCGAN and VAE in channels-last memory (faster on CPU)")
+    channels_last: bool = Field(True, description="run the families that ask for it (convolutional decoders) "
+                                                  "in channels-last memory, faster on CPU")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="inference dtype on CUDA; the CPU always runs float32")
 
     # Request limits, reported by GET /v1/models.
     max_n: int = Field(64, ge=1, description="most images one request may ask for")
-    max_n_pixelcnn: int = Field(16, ge=1, description="most images one PixelCNN request may ask for")
+    max_n_pixelcnn: int = Field(16, ge=1, description="most images one request may ask of a model that samples "
+                                                     "pixel by pixel (PixelCNN, PixelRNN)")
     max_steps: int = Field(32, ge=2, description="most steps of an interpolation")
     max_terms: int = Field(16, ge=1, le=MAX_LIST, description="most terms of latent arithmetic, or seeds of one latent")
     max_image_bytes: int = Field(MiB, ge=1, description="largest decoded image upload")

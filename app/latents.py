@@ -1,10 +1,11 @@
-"""Latent specs -> z, and the noise of PixelCNN samples, always on the CPU.
+"""Latent specs -> z, and the noise of autoregressive samples, always on the CPU.
 
-Every seed gets its own `torch.Generator().manual_seed(seed)`, so image i of a request with seed s
-is the image of seed s + i whatever else is asked for or batched with it. Only the models' CPU
-noise draws (`sample_latents`, `draw_noise`, `draw_completion_noise`) are called here, never a
-forward pass: anything that runs a network (the encoder of an `{"image": ...}` latent, a
-completion's class posterior) goes through the worker.
+Every seed gets its own generator, in the model's per-seed rule (`latents_for_seeds`,
+`noise_for_seeds`, `completion_noise_for_seeds`), so image i of a request with seed s is the image
+of seed s + i whatever else is asked for or batched with it, and the image evaluation and the
+docs drew for that seed. Only those CPU noise draws are called here, never a forward pass:
+anything that runs a network (the encoder of an `{"image": ...}` latent, a completion's class
+posterior) goes through the worker.
 """
 
 from __future__ import annotations
@@ -27,49 +28,38 @@ PROJECTION_SEED = 0
 Encode = Callable[[list[tuple[list, str]]], Awaitable[torch.Tensor]]
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def seed_latents(model: ServedModel, seeds: Sequence[int]) -> torch.Tensor:
-    """z ~ N(0, I) for each seed: [len(seeds), latent_dim]."""
-    return torch.cat([model.module.sample_latents(1, _generator(seed)) for seed in seeds])
+    """The prior draw of each seed: [len(seeds), latent_dim]."""
+    return model.module.latents_for_seeds(seeds)
 
 
 def for_samples(model: ServedModel, seeds: Sequence[int], temperature: float,
                 class_latent: ClassLatent | None = None) -> torch.Tensor:
-    """The latents of a samples request: z * T, or mean_c + T * CLASS_SPREAD * std_c * z for a class."""
-    eps = seed_latents(model, seeds)
+    """The latents of a samples request: prior draws at temperature T (z = T * eps under N(0, I)),
+    or mean_c + T * CLASS_SPREAD * std_c * eps around a class's mean, eps ~ N(0, I)."""
     if class_latent is None:
-        return eps * temperature
-    return class_latent.mean + temperature * CLASS_SPREAD * class_latent.std * eps
+        return model.module.latents_for_seeds(seeds, temperature)
+    return class_latent.mean + temperature * CLASS_SPREAD * class_latent.std * model.module.noise_for_seeds(seeds)
 
 
 def pixel_noise(model: ServedModel, seeds: Sequence[int],
                 label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """PixelCNN's randomness, one generator per seed: (uniforms [n, C, H, W], class labels [n] or None).
-    Without a label a conditional model draws each image's class from its seed."""
-    cond = None if label is None else torch.tensor([label])
-    return _concat([model.module.draw_noise(1, _generator(seed), cond) for seed in seeds])
+    """An autoregressive model's randomness per seed: (uniforms [n, C, H, W], class labels [n] or
+    None). Without a label a conditional model draws each image's class from its seed."""
+    return model.module.noise_for_seeds(seeds, None if label is None else torch.tensor([label]))
 
 
 def completion_noise(model: ServedModel, seeds: Sequence[int], label: int | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The randomness of PixelCNN completions, one generator per seed: (uniforms, labels, class
-    uniforms). Without a label a conditional model's class is drawn in the worker, from its
-    posterior given the kept rows, by each seed's class uniform."""
-    cond = None if label is None else torch.tensor([label])
-    return _concat([model.module.draw_completion_noise(1, _generator(seed), cond) for seed in seeds])
-
-
-def _concat(draws: list[tuple]) -> tuple:
-    """Per-seed draws of (tensor or None, ...) -> each field concatenated over the seeds, or None."""
-    return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*draws))
+    """The randomness of completions per seed: (uniforms, labels, class uniforms). Without a label
+    a conditional model's class is drawn in the worker, from its posterior given the kept rows,
+    by each seed's class uniform."""
+    return model.module.completion_noise_for_seeds(seeds, None if label is None else torch.tensor([label]))
 
 
 def class_index(model: ServedModel, name: str, loc: list) -> int:
-    """The label of a class name, for a class-conditional PixelCNN."""
-    if not model.conditional:
+    """The label of a class name, for a model that takes one (a class-conditional autoregressive model)."""
+    if not model.module.class_conditional:
         raise CapabilityError(f"model {model.name!r} is not class-conditional; it cannot take a class")
     _check_class_name(model, name, loc)
     return model.classes.index(name)
@@ -137,10 +127,11 @@ def arithmetic(z: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
 
 
 def variations(model: ServedModel, result: torch.Tensor, n: int, noise: float, seed: int) -> torch.Tensor:
-    """The result, then n - 1 copies with noise * z(seed + k) added, k = 1 .. n - 1: [n, latent_dim]."""
+    """The result, then n - 1 copies with noise * eps(seed + k) added, k = 1 .. n - 1, eps ~ N(0, I):
+    [n, latent_dim]."""
     if n == 1:
         return result[None]
-    return torch.cat([result[None], result + noise * seed_latents(model, range(seed + 1, seed + n))])
+    return torch.cat([result[None], result + noise * model.module.noise_for_seeds(range(seed + 1, seed + n))])
 
 
 def projection_start(model: ServedModel, n: int) -> torch.Tensor:

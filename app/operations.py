@@ -16,8 +16,8 @@ from torch import nn
 
 from models.latent import projection_steps
 
-# The ELBO needs one posterior draw per image; a fixed seed makes the likelihood endpoint deterministic.
-ELBO_SEED = 0
+# A bound (the ELBO) needs one posterior draw per image; a fixed seed makes the endpoint deterministic.
+NLL_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,9 @@ def _project(module: nn.Module, images: torch.Tensor, state: torch.Tensor, *, fi
     return projection_steps(module.decode, images, state, first_step, steps)
 
 
-def _log_prob(module: nn.Module, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    return module.log_prob(images, cond)
-
-
-def _elbo(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    generator = torch.Generator(device=images.device).manual_seed(ELBO_SEED)
-    return module.elbo(images, generator=generator)["elbo"]
+def _nll(module: nn.Module, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    generator = torch.Generator(device=images.device).manual_seed(NLL_SEED)
+    return module.nll(images, cond, generator)
 
 
 DECODE = Operation("decode", _decode)
@@ -79,5 +75,6 @@ COMPLETE = Operation("complete", _complete)
 SAMPLE_ROW = Operation("sample_row", _sample_row)
 # Not batchable: merged with other images, a projection's floats would change in their last bits.
 PROJECT = Operation("project", _project, batchable=False)
-LOG_PROB = Operation("log_prob", _log_prob)
-ELBO = Operation("elbo", _elbo, batchable=False)
+NLL = Operation("nll", _nll)  # an exact likelihood: nothing is drawn
+# Not batchable: a bound's posterior draws come from one generator shared by the batch.
+NLL_BOUND = Operation("nll_bound", _nll, batchable=False)

@@ -1,7 +1,8 @@
 """The models the service serves: every checkpoint folder under the weights directory.
 
 A folder that fails to load is logged and remembered (GET /readyz lists it); the others serve.
-Folders of families that are not generators (the evaluation classifier) are skipped.
+Folders of families that declare no capabilities (the evaluation classifier) are skipped. What a
+model can do, and what it costs, its family declares (`models/`); nothing here names a family.
 """
 
 from __future__ import annotations
@@ -14,18 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_card
+from models.checkpoint import FAMILIES, CheckpointError, load_checkpoint, read_card
 
 log = logging.getLogger("genserve.registry")
-
-# "stream": samples are drawn a row at a time (autoregressive), so they can stream as events.
-# "encode": uploads become latents; with "project" by optimising z against decode (no encoder).
-CAPABILITIES = {
-    "pixelcnn": ("sample", "stream", "complete", "likelihood"),
-    "vae": ("sample", "interpolate", "arithmetic", "traverse", "encode", "reconstruct", "likelihood"),
-    "dcgan": ("sample", "interpolate", "arithmetic", "traverse", "encode", "project", "reconstruct"),
-}
-
 
 class UnknownModel(KeyError):
     pass
@@ -64,23 +56,26 @@ class ServedModel:
 
     @property
     def capabilities(self) -> tuple[str, ...]:
-        return CAPABILITIES[self.family]
+        return tuple(self.module.capabilities)
 
     @property
     def conditional(self) -> bool:
-        """Whether samples accept a class: PixelCNN trained with labels, or a card with class latents."""
-        if self.family == "pixelcnn":
-            return self.module.config.n_classes > 0
-        return bool(self.class_latents)
+        """Whether samples accept a class: a model trained with labels, or a card with class latents."""
+        return self.module.class_conditional or bool(self.class_latents)
 
     def max_n(self, limits: dict) -> int:
-        return min(limits["max_n"], limits["max_n_pixelcnn"]) if self.family == "pixelcnn" else limits["max_n"]
+        """The most images per request: sequential samplers (one network step per pixel) have
+        their own, lower cap (`max_n_pixelcnn`, named after the first of them)."""
+        if self.module.sequential_sampling:
+            return min(limits["max_n"], limits["max_n_pixelcnn"])
+        return limits["max_n"]
 
     def info(self, limits: dict) -> dict:
         training = self.card.get("training") or {}
         return {
             "name": self.name,
             "family": self.family,
+            "summary": self.module.summary,
             "dataset": self.card.get("dataset"),
             "image_shape": list(self.image_shape),
             "latent_dim": self.latent_dim,
@@ -128,10 +123,17 @@ def load_model(directory: Path, device: torch.device) -> ServedModel:
     served = ServedModel(directory.name, module, card)
     if served.latent_dim is not None:
         served.class_latents = _class_latents(card, served.latent_dim)
-    n_classes = getattr(module.config, "n_classes", 0)
-    if served.family == "pixelcnn" and n_classes and n_classes != len(served.classes):
+    n_classes = module.config.n_classes if module.class_conditional else 0
+    if n_classes and n_classes != len(served.classes):
         raise CheckpointError(f"the model has {n_classes} classes but the card names {len(served.classes)}")
     return served
+
+
+def servable(family: str) -> bool:
+    """Whether the service serves checkpoints of `family`: it declares capabilities. An unknown
+    family is servable here, so that loading it fails and /readyz says why."""
+    family_class = FAMILIES.get(family)
+    return family_class is None or bool(family_class.capabilities)
 
 
 def _public_reason(error: Exception, folder: Path) -> str:
@@ -163,7 +165,7 @@ class Registry:
             log.error("no checkpoint folders", extra={"weights_dir": str(self.weights_dir.resolve())})
         for folder in folders:
             try:
-                if read_card(folder)["family"] not in CAPABILITIES:
+                if not servable(read_card(folder)["family"]):
                     continue  # e.g. the classifier that evaluation uses
                 models[folder.name] = load_model(folder, self.device)
             # One bad folder, whatever is wrong with it, never keeps the others from serving.

@@ -65,7 +65,7 @@ def _is_latent_number(item: Any) -> bool:
 
 
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-Temperature = Annotated[float, Field(gt=0, le=2, description="PixelCNN: softmax temperature; "
+Temperature = Annotated[float, Field(gt=0, le=2, description="PixelCNN, PixelRNN: softmax temperature; "
                                      "VAE/DCGAN: scales z (see the samples endpoint)")]
 Base64Image = Annotated[str, Field(min_length=1, description="a PNG or JPEG, base64 (a data: URL is accepted too)")]
 ClassName = Annotated[str, Field(min_length=1, max_length=100, description="one of the model's classes")]
@@ -120,10 +120,10 @@ class SamplesRequest(Body):
         {"n": 8, "seed": 3, "class": "Sneaker", "nrow": 4},
     ]})
 
-    n: int = Field(16, ge=1, description="images, at most max_n (max_n_pixelcnn for PixelCNN)")
+    n: int = Field(16, ge=1, description="images, at most max_n (max_n_pixelcnn for PixelCNN and PixelRNN)")
     seed: Seed | None = Field(None, description="image i is the image of seed + i; random when omitted")
     temperature: Temperature = 1.0
-    class_: ClassName | None = Field(None, alias="class", description="PixelCNN: the conditioning label; "
+    class_: ClassName | None = Field(None, alias="class", description="PixelCNN, PixelRNN: the conditioning label; "
                                      "VAE/DCGAN: z = mean_c + temperature * 0.5 * std_c * eps")
     nrow: int | None = Field(None, ge=1, description="images per grid row; default ceil(sqrt(n))")
 
@@ -221,7 +221,7 @@ class ImageRequest(Body):
 class LikelihoodRequest(ImageRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [{"image": TINY_PNG}, {"image": TINY_PNG, "class": "Bag"}]})
 
-    class_: ClassName | None = Field(None, alias="class", description="PixelCNN: log p(x | class) instead of "
+    class_: ClassName | None = Field(None, alias="class", description="PixelCNN, PixelRNN: log p(x | class) instead of "
                                      "log p(x) marginalised over the classes")
 
 
@@ -234,7 +234,7 @@ class CompleteRequest(ImageRequest):
     seed: Seed | None = Field(None, description="completion i uses seed + i; random when omitted")
     temperature: Temperature = 1.0
     class_: ClassName | None = Field(None, alias="class", description="the completions' class "
-                                     "(otherwise a conditional PixelCNN draws each completion's class from "
+                                     "(otherwise a conditional autoregressive model draws each completion's class from "
                                      "its posterior given the kept rows, with the completion's seed)")
 
 
@@ -242,7 +242,8 @@ class LikelihoodResponse(BaseModel):
     model: str
     nll_nats: float = Field(description="-log p(x) in nats for the image (an upper bound when exact is false)")
     bits_per_dim: float = Field(description="nll_nats / (C * H * W * ln 2)")
-    exact: bool = Field(description="true for PixelCNN's exact likelihood, false for the VAE's ELBO bound")
+    exact: bool = Field(description="true for an exact likelihood (autoregressive models), "
+                                   "false for a bound (the VAE's ELBO)")
     method: str
 
 
@@ -285,7 +286,8 @@ class CheckpointInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "dcgan", "family": "dcgan", "dataset": "fashion-mnist", "image_shape": [1, 28, 28],
+        "name": "dcgan", "family": "dcgan", "summary": "Adversarial: a generator trained to fool a critic; sharp samples.",
+        "dataset": "fashion-mnist", "image_shape": [1, 28, 28],
         "latent_dim": 100, "classes": ["T-shirt/top", "Trouser"], "conditional": True,
         "capabilities": ["sample", "interpolate", "arithmetic"], "max_n": 64, "metrics": {"fid": 12.3},
         "checkpoint": {"sha256": "9f2c...", "trained_at": "2025-01-01T00:00:00+00:00", "epochs": 20},
@@ -293,9 +295,10 @@ class ModelInfo(BaseModel):
 
     name: str
     family: str
+    summary: str = Field(description="what the model family is, in one line (from the family itself)")
     dataset: str | None
     image_shape: list[int] = Field(description="[C, H, W]")
-    latent_dim: int | None = Field(description="null for PixelCNN")
+    latent_dim: int | None = Field(description="null for autoregressive models (PixelCNN, PixelRNN)")
     classes: list[str]
     conditional: bool = Field(description="whether samples take a class")
     capabilities: list[str]

@@ -35,11 +35,6 @@ from app.registry import ServedModel
 
 log = logging.getLogger("genserve.worker")
 
-# PixelCNN stays in its trained layout: a float change there may flip a sampled pixel, and its
-# fast sampler must match the naive one exactly.
-CHANNELS_LAST_FAMILIES = ("dcgan", "vae")
-
-
 class QueueFull(Exception):
     """The queue holds `queue_size` jobs, or the worker is stopping."""
 
@@ -89,8 +84,9 @@ class Job:
 
 def prepare(module: nn.Module, *, channels_last: bool, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Convert `module` in place to the memory format and dtype the worker runs it in (outside
-    inference mode, so that its parameters stay ordinary tensors)."""
-    if channels_last and module.family in CHANNELS_LAST_FAMILIES:
+    inference mode, so that its parameters stay ordinary tensors). Channels-last only where the
+    family asks for it (`module.channels_last`)."""
+    if channels_last and module.channels_last:
         module.to(memory_format=torch.channels_last)
     return module.to(dtype)
 

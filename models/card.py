@@ -23,6 +23,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "n_classes": (0, MAX_CLASSES),
     "levels": (2, 256),
     "kernel_size": (1, 15),
+    "first_kernel": (3, 15),
     "n_layers": (1, 64),
     "channels": (1, 1024),
     "head_channels": (1, 4096),
@@ -32,6 +33,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "hidden": (1, 8192),
     "feature_dim": (1, 4096),
     "dropout": (0, 1),
+    "prior_components": (0, 256),  # each holds a latent_dim x latent_dim covariance factor
 }
 DEFAULT_BOUND = (0, 4096)
 MAX_CHOICE = 64  # characters of a string-valued config field

@@ -29,9 +29,10 @@ from models.card import CardError, check_config, validate_card
 from models.classifier import Classifier
 from models.dcgan import DCGAN
 from models.pixelcnn import PixelCNN
+from models.pixelrnn import PixelRNN
 from models.vae import VAE
 
-FAMILIES: dict[str, type[nn.Module]] = {m.family: m for m in (PixelCNN, VAE, DCGAN, Classifier)}
+FAMILIES: dict[str, type[nn.Module]] = {m.family: m for m in (PixelCNN, PixelRNN, VAE, DCGAN, Classifier)}
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 CARD_FORMAT = "genserve-card/1"

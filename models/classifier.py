@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,6 +24,7 @@ class ClassifierConfig:
 class Classifier(nn.Module):
     family = "classifier"
     Config = ClassifierConfig
+    capabilities = ()  # evaluation's judge: not a generator, so the service does not serve it
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
@@ -49,3 +51,8 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits [B, n_classes]."""
         return self.head(self.dropout(self.features(x)))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """What `models.train` minimises: cross-entropy on the labels."""
+        logits = self(x)
+        return F.cross_entropy(logits, y), {"accuracy": (logits.argmax(1) == y).float().mean().item()}

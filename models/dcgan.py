@@ -97,6 +97,10 @@ class DCGAN(LatentModel):
 
     family = "dcgan"
     Config = DCGANConfig
+    summary = "Adversarial: a generator trained to fool a critic; sharp samples."
+    # "project": uploads become latents by optimising z against decode, as there is no encoder.
+    capabilities = ("sample", "interpolate", "arithmetic", "traverse", "encode", "project", "reconstruct")
+    objective = "adversarial"  # models.train plays the GAN game instead of minimising a `loss`
 
     def __init__(self, config: DCGANConfig):
         super().__init__()

@@ -30,10 +30,11 @@ from tqdm import tqdm
 from models.baselines import BASELINE_FILE, SAMPLES_FILE
 from models.checkpoint import load_checkpoint, update_card
 from models.data import ImageDataset, load_dataset, to_float
+from models.latent import LatentModel
 
 DEFAULT_CLASSIFIER = Path("weights/classifier")
 QUICK_SAMPLES = 1000
-SAMPLE_BATCH = 500  # batches drawn from seeds 0, 500, ...: the first 1,000 samples need only two
+SAMPLE_BATCH = 500  # seeds per batch: the first 1,000 samples need only two
 
 
 def batches(images: torch.Tensor, batch_size: int, desc: str, quiet: bool):
@@ -77,12 +78,11 @@ def class_report(probs: torch.Tensor, classes: list[str]) -> dict:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, n: int, seed: int, batch_size: int, quiet: bool) -> torch.Tensor:
-    """n samples in fixed-seed batches (the PixelCNN's with a uniform class prior)."""
+def generate(model: nn.Module, n: int, batch_size: int, quiet: bool) -> torch.Tensor:
+    """The images of seeds 0 .. n-1, as the API draws them (`sample_for_seeds`), in batches."""
     out = []
     for start in tqdm(range(0, n, batch_size), desc="sampling", disable=quiet, mininterval=5):
-        generator = torch.Generator().manual_seed(seed + start)
-        out.append(model.sample(min(batch_size, n - start), generator=generator).cpu())
+        out.append(model.sample_for_seeds(range(start, min(start + batch_size, n))).cpu())
     return torch.cat(out)
 
 
@@ -110,43 +110,46 @@ def completion_report(model: nn.Module, classifier: nn.Module, test: ImageDatase
 
 @torch.no_grad()
 def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: bool) -> dict:
-    """Test NLL in nats per image and bits/dim: exact for PixelCNN, the ELBO bound for the VAE."""
+    """Test NLL in nats per image and bits/dim: exact, or the bound the model declares. A VAE with
+    a learned prior also reports its bound under N(0, I), which the prior is to improve on."""
     device = next(model.parameters()).device
     dims = test.images[0].numel()
-    two_stage = getattr(model, "second_stage", None) is not None
-    total, kl_total, first_stage_total = 0.0, 0.0, 0.0
+    learned_prior = getattr(model, "prior", None) is not None
+    total, kl_total, standard_prior_total = 0.0, 0.0, 0.0
     generator = torch.Generator(device=device).manual_seed(0)
     for x in batches(test.images, batch_size, "test likelihood", quiet):
         x = x.to(device)
-        if model.family == "pixelcnn":
-            total += float(model.log_prob(x).sum())
-        else:
-            terms = model.elbo(x, generator=generator)
-            total += float(terms["elbo"].sum())
-            kl_total += float(terms["kl"].sum())
-            if two_stage:
-                first_stage_total += float(model.elbo(x, generator=generator, second_stage=False)["elbo"].sum())
+        if model.exact_likelihood:
+            total -= float(model.nll(x).sum())
+            continue
+        state = generator.get_state()
+        terms = model.elbo(x, generator=generator)
+        total += float(terms["elbo"].sum())
+        kl_total += float(terms["kl"].sum())
+        if learned_prior:  # the same posterior draws, the other prior
+            generator.set_state(state)
+            standard_prior_total += float(model.elbo(x, generator=generator, learned_prior=False)["elbo"].sum())
     nll = -total / len(test)
-    out = {"test_nll_nats": round(nll, 3), "test_bits_per_dim": round(nll / (dims * math.log(2)), 4)}
-    if model.family == "vae":
-        out = {"test_elbo_nats": round(-nll, 3), "test_bits_per_dim": out["test_bits_per_dim"],
-               "test_kl_nats": round(kl_total / len(test), 3),
-               "bound": "ELBO: an upper bound on the NLL, one posterior sample per image"}
-        if two_stage:
-            first_nll = -first_stage_total / len(test)
-            out["bound"] += "; the second stage is the prior of z, its own ELBO bounding log p(z)"
-            out["first_stage_test_bits_per_dim"] = round(first_nll / (dims * math.log(2)), 4)
+    bits = round(nll / (dims * math.log(2)), 4)
+    if model.exact_likelihood:
+        return {"test_nll_nats": round(nll, 3), "test_bits_per_dim": bits}
+    out = {"test_elbo_nats": round(-nll, 3), "test_bits_per_dim": bits, "test_kl_nats": round(kl_total / len(test), 3),
+           "bound": "ELBO: an upper bound on the NLL, one posterior sample per image"}
+    if learned_prior:
+        out["bound"] += "; p(z) is the mixture prior fitted to the codes"
+        out["standard_prior_test_bits_per_dim"] = round(-standard_prior_total / len(test) / (dims * math.log(2)), 4)
     return out
 
 
 @torch.no_grad()
 def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, quiet: bool,
                   n_generated: int = 20000, confidence: float = 0.9) -> dict:
-    """Each class's mean and std latent: VAE from the encoder means of the train images,
-    DCGAN from generated samples that the classifier assigns to the class with high confidence
-    (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim))."""
+    """Each class's mean and std latent: from the encoder means of the train images if the model
+    has an encoder, else from generated samples that the classifier assigns to the class with high
+    confidence (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim))."""
     device = next(model.parameters()).device
-    if model.family == "vae":
+    from_encoder = hasattr(model, "encode")
+    if from_encoder:
         mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])
         labels = train.labels
     else:
@@ -162,7 +165,7 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
         if len(members) < 2:
             continue
         mean = members.mean(0)
-        if model.family == "dcgan":
+        if not from_encoder:
             # The mean of many N(0, I) draws sits near the origin, where the generator was never
             # trained (its z have norm ~ sqrt(d)); keep the class's direction at the typical radius.
             mean = mean / mean.norm() * math.sqrt(mean.numel())
@@ -223,10 +226,10 @@ def samples_of(path: Path, n: int | None = None, device: str = "cpu", quiet: boo
 
 
 def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
-    """Evaluation's samples: n (default 10,000; 1,000 for the slow PixelCNN) from seed 0."""
-    pixelcnn = model.family == "pixelcnn"
-    return generate(model, n or (1000 if pixelcnn else 10000), seed=0,
-                    batch_size=100 if pixelcnn else SAMPLE_BATCH, quiet=quiet)
+    """Evaluation's samples: n (default 10,000; 1,000 where sampling is sequential) from seed 0."""
+    sequential = model.sequential_sampling
+    return generate(model, n or (1000 if sequential else 10000), batch_size=100 if sequential else SAMPLE_BATCH,
+                    quiet=quiet)
 
 
 def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
@@ -236,22 +239,22 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
     model, card = load_checkpoint(path, device)
     test = load_dataset(card["dataset"], "test", data_dir, limit=limit)
     metrics: dict = {}
-    if model.family == "classifier":
+    if not model.capabilities:  # not a generator: the classifier
         _, probs = features_of(model, to_float(test.images).to(device))
         metrics["test_accuracy"] = round(float((probs.argmax(1) == test.labels).double().mean()), 4)
         update_card(path, metrics=metrics)
         return metrics
-    if model.family in ("pixelcnn", "vae"):
-        metrics.update(likelihood(model, test, 100 if model.family == "pixelcnn" else 500, quiet))
+    if "likelihood" in model.capabilities:
+        metrics.update(likelihood(model, test, 100 if model.exact_likelihood else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
     train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
     samples = draw_samples(model, n_samples, quiet)
     n = samples.shape[0]
     metrics.update(sample_quality(samples, classifier, classifier_path.name, card["dataset"], data_dir, limit))
     fields = {"metrics": metrics}
-    if model.family == "pixelcnn" and model.config.n_classes:
+    if "complete" in model.capabilities and model.class_conditional:
         metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
-    if model.family in ("vae", "dcgan"):
+    if isinstance(model, LatentModel):  # class latents, for `{"class": ...}` latents and arithmetic
         latents = class_latents(model, classifier, train, quiet)
         metrics["class_mean_decodes_to_class"] = round(class_mean_accuracy(model, classifier, latents, test.classes), 3)
         fields["class_latents"] = latents

@@ -24,17 +24,39 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 class LatentModel(nn.Module):
-    """What the VAE and the DCGAN share: a N(0, I) prior over z and a decoder from z to images.
+    """What the VAE and the DCGAN share: a prior over z (N(0, I) unless a subclass fits one) and a
+    decoder from z to images.
 
-    Subclasses set `config.latent_dim` and define `decode(z)`."""
+    Subclasses set `config.latent_dim` and `capabilities`, and define `decode(z)`."""
+
+    sequential_sampling = False
+    channels_last = True  # convolutional decoders run faster in that memory format on the CPU
+    class_conditional = False  # classes come from the card's class latents, not from a label input
 
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
 
-    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws of z ~ N(0, I), on the CPU so that a seed means the same z on every device."""
-        return torch.randn(n, self.config.latent_dim, generator=generator)
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """n prior draws of z, scaled by `temperature` about the prior's centre: N(0, T^2 I) here.
+        On the CPU, so that a seed means the same z on every device."""
+        return torch.randn(n, self.config.latent_dim, generator=generator) * temperature
+
+    def noise_for_seeds(self, seeds) -> torch.Tensor:
+        """One N(0, I) draw [len(seeds), latent_dim] per seed, from its own generator: the spread
+        around a class's mean latent."""
+        return torch.cat([torch.randn(1, self.config.latent_dim, generator=torch.Generator().manual_seed(s))
+                          for s in seeds])
+
+    def latents_for_seeds(self, seeds, temperature: float = 1.0) -> torch.Tensor:
+        """The prior draw of each seed [len(seeds), latent_dim], from its own generator: the rule
+        the API, the evaluation and the showcase share, so any picture can be redrawn by seed."""
+        return torch.cat([self.sample_latents(1, torch.Generator().manual_seed(s), temperature) for s in seeds])
+
+    @torch.no_grad()
+    def sample_for_seeds(self, seeds, temperature: float = 1.0) -> torch.Tensor:
+        """The images of these seeds [len(seeds), C, H, W], as `POST .../samples` draws them."""
+        return self.decode(self.latents_for_seeds(seeds, temperature).to(next(self.parameters()).device))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

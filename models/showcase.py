@@ -1,9 +1,10 @@
-"""Pictures of the shipped models for the docs: sample grids, interpolations, class arithmetic,
-VAE reconstructions and PixelCNN completions.
+"""Pictures of the shipped models for the docs, each by what its family can do: sample grids,
+completions, reconstructions, interpolations, class means and class arithmetic.
 
     python -m models.showcase --out docs/samples
 
-Every picture comes from fixed seeds, so rerunning this on the same weights redraws the same files.
+Every picture comes from fixed seeds, so rerunning this on the same weights redraws the same files;
+sample grids are the images of seeds 0, 1, ... as `POST .../samples` with `seed: 0` draws them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import FAMILIES, load_checkpoint, read_card
 from models.data import load_dataset, to_float
 from models.evaluate import DEFAULT_CLASSIFIER, features_of
 from models.grid import save_grid
@@ -31,58 +32,56 @@ def one_per_class(card: dict) -> torch.Tensor:
     return to_float(test.images[firsts])
 
 
-def seed_latent(model, seed: int) -> torch.Tensor:
-    return model.sample_latents(1, torch.Generator().manual_seed(seed))[0]
-
-
 @torch.no_grad()
 def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
+    """Draw every servable model's pictures, by what its family can do."""
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
     classifier, _ = load_checkpoint(classifier_path)
-    for name in ("pixelcnn", "vae", "dcgan"):
-        if not (weights / name).is_dir():
+    for folder in sorted(p for p in weights.iterdir() if (p / "card.json").is_file()):
+        family = FAMILIES.get(read_card(folder)["family"])
+        if family is None or not family.capabilities:  # not a generator (the classifier)
             continue
-        model, card = load_checkpoint(weights / name)
+        model, card = load_checkpoint(folder)
+        name, caps = folder.name, model.capabilities
         examples = one_per_class(card)
-        if name == "pixelcnn":
-            cond = torch.arange(40) // 4 % 10
-            images = model.sample(40, torch.Generator().manual_seed(0), cond=cond)
-            save_grid(images, out / "pixelcnn_samples.png", nrow=8)
+        n = 40 if model.sequential_sampling else 64
+        save_grid(model.sample_for_seeds(range(n)), out / f"{name}_samples.png", nrow=8)
+        if "complete" in caps:
             # Completions: a test image per class, its top half, then completions whose class the
             # model infers from that half.
             known = torch.zeros_like(examples, dtype=torch.bool)
             known[:, :, :COMPLETION_ROWS] = True
             rows = [examples, examples * known] + [model.complete(examples, known, torch.Generator().manual_seed(seed))
                                                    for seed in range(3)]
-            save_grid(torch.cat(rows), out / "pixelcnn_completions.png", nrow=len(examples))
-            continue
-        save_grid(model.sample(64, torch.Generator().manual_seed(0)), out / f"{name}_samples.png", nrow=8)
-        if name == "vae":  # reconstructions: test images above, decoded encoder means below
+            save_grid(torch.cat(rows), out / f"{name}_completions.png", nrow=len(examples))
+        if "reconstruct" in caps and hasattr(model, "encode"):  # test images above, decoded encoder means below
             save_grid(torch.cat([examples, model.decode(model.encode(examples)[0])]),
-                      out / "vae_reconstructions.png", nrow=len(examples))
-        # Interpolation strips: seed pairs, slerp.
-        rows = [model.decode(slerp(seed_latent(model, a), seed_latent(model, b), torch.linspace(0, 1, 10)))
-                for a, b in [(1, 2), (3, 4), (5, 6)]]
-        save_grid(torch.cat(rows), out / f"{name}_interpolation.png", nrow=10)
-        # Class means decoded, in class order, with what the classifier says they are.
+                      out / f"{name}_reconstructions.png", nrow=len(examples))
+        if "interpolate" in caps:  # strips between seed pairs' latents, slerp
+            rows = [model.decode(slerp(*model.latents_for_seeds([a, b]), torch.linspace(0, 1, 10)))
+                    for a, b in [(1, 2), (3, 4), (5, 6)]]
+            save_grid(torch.cat(rows), out / f"{name}_interpolation.png", nrow=10)
         latents = card.get("class_latents", {})
-        if not latents:
-            continue
-        classes = [c for c in card["classes"] if c in latents]
-        means = {c: torch.tensor(latents[c]["mean"]) for c in classes}
-        decoded = model.decode(torch.stack([means[c] for c in classes]))
-        save_grid(decoded, out / f"{name}_class_means.png", nrow=len(classes))
-        _, probs = features_of(classifier, decoded)
-        report[name] = {"class_means_classified_as": {c: card["classes"][int(p.argmax())] for c, p in zip(classes, probs)}}
-        # Class arithmetic: A - B + C from the class means; the operands, then the result.
-        rows = []
-        for a, b, c in ARITHMETIC:
-            result = means[a] - means[b] + means[c]
-            rows.append(model.decode(torch.stack([means[a], means[b], means[c], result])))
-        save_grid(torch.cat(rows), out / f"{name}_arithmetic.png", nrow=4)
+        if "arithmetic" in caps and latents:
+            report[name] = class_pictures(model, card, latents, classifier, out / name)
     (out / "showcase.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def class_pictures(model, card: dict, latents: dict, classifier, stem: Path) -> dict:
+    """Class means decoded, in class order, with what the classifier says they are; then class
+    arithmetic A - B + C on the means: the operands, then the result."""
+    classes = [c for c in card["classes"] if c in latents]
+    means = {c: torch.tensor(latents[c]["mean"]) for c in classes}
+    decoded = model.decode(torch.stack([means[c] for c in classes]))
+    save_grid(decoded, stem.with_name(f"{stem.name}_class_means.png"), nrow=len(classes))
+    _, probs = features_of(classifier, decoded)
+    rows = [model.decode(torch.stack([means[a], means[b], means[c], means[a] - means[b] + means[c]]))
+            for a, b, c in ARITHMETIC if {a, b, c} <= set(means)]
+    if rows:
+        save_grid(torch.cat(rows), stem.with_name(f"{stem.name}_arithmetic.png"), nrow=4)
+    return {"class_means_classified_as": {c: card["classes"][int(p.argmax())] for c, p in zip(classes, probs)}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shlex
@@ -50,19 +49,7 @@ class Objective(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        m, dims = self.model, x[0].numel()
-        if m.family == "pixelcnn":
-            nll = -m.log_prob(x, y if m.config.n_classes else None).mean()
-            return nll / dims, {"bits_per_dim": (nll / (dims * math.log(2))).item()}
-        if m.family == "vae":
-            terms = m.elbo(x)
-            loss = -terms["elbo"].mean()
-            return loss / dims, {"bits_per_dim": (loss / (dims * math.log(2))).item(),
-                                 "kl": terms["kl"].mean().item()}
-        if m.family == "classifier":
-            logits = m(x)
-            return F.cross_entropy(logits, y), {"accuracy": (logits.argmax(1) == y).float().mean().item()}
-        raise ValueError(f"no single-loss objective for {m.family}")
+        return self.model.loss(x, y)
 
 
 def extend_model(model: nn.Module, config: dict) -> nn.Module:
@@ -90,7 +77,7 @@ def trainable_parameters(model: nn.Module, prefix: str | None) -> list[nn.Parame
 
 
 class LossTrainer:
-    """PixelCNN, VAE and the classifier: one loss, one Adam."""
+    """A family with a `loss(x, y)`: one loss, one Adam."""
 
     def __init__(self, model: nn.Module, args, distributed: bool):
         self.model = model
@@ -137,7 +124,7 @@ class GANTrainer:
         self.opt_g = torch.optim.Adam(model.generator.parameters(), lr=args.lr, betas=betas)
         self.opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=args.lr, betas=betas)
         self.hinge = args.gan_loss == "hinge"
-        self.ema = build_model("dcgan", dataclasses.asdict(model.config)).generator.to(args.device)
+        self.ema = build_model(model.family, dataclasses.asdict(model.config)).generator.to(args.device)
         self.ema.load_state_dict(model.generator.state_dict())
         self.ema_decay = args.ema
         self.ema_updates = 0
@@ -195,7 +182,7 @@ class GANTrainer:
     def export(self, batches: int = 50, batch_size: int = 256) -> nn.Module:
         """A DCGAN whose generator is the EMA one, with batchnorm statistics measured on it."""
         device = next(self.ema.parameters()).device
-        exported = build_model("dcgan", dataclasses.asdict(self.model.config)).to(device)
+        exported = build_model(self.model.family, dataclasses.asdict(self.model.config)).to(device)
         exported.load_state_dict(self.model.state_dict())
         exported.generator.load_state_dict(self.ema.state_dict())
         generator = exported.generator.train()
@@ -210,6 +197,9 @@ class GANTrainer:
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = 0.1
         return exported.eval()
+
+
+TRAINERS = {"loss": LossTrainer, "adversarial": GANTrainer}
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -240,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from --state-dir if it holds a state")
     parser.add_argument("--init-from", type=Path, help="start from this checkpoint's weights and training record")
     parser.add_argument("--train-only", metavar="PREFIX",
-                        help="optimise only the parameters whose names start with PREFIX (e.g. second_stage)")
+                        help="optimise only the parameters whose names start with PREFIX (e.g. decoder)")
     parser.add_argument("--save-minutes", type=float, help="also save the state this often within an epoch")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -299,10 +289,8 @@ def main(argv: list[str] | None = None) -> None:
 
     train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit)
     model_config = {"image_shape": list(train.image_shape), **args.model_config}
-    if args.family in ("pixelcnn",) and model_config.get("n_classes") == "dataset":
+    if model_config.get("n_classes") == "dataset":
         model_config["n_classes"] = len(train.classes)
-    if args.family == "classifier":
-        model_config.setdefault("n_classes", len(train.classes))
     batches_per_epoch = len(train) // (args.batch_size * world)
     if batches_per_epoch == 0:
         raise SystemExit(f"error: {len(train)} images are fewer than one batch of {args.batch_size * world}")
@@ -310,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from:
         # Warm start from a servable checkpoint (the shipped weights, say) when no training state
         # is at hand: its config, weights and training record carry over; the optimiser starts afresh.
-        # `--set` may add parts to it (a VAE's second stage): those start fresh, the rest loads.
+        # `--set` may add parts to it (a VAE's mixture prior): those start fresh, the rest loads.
         model, source_card = load_checkpoint(args.init_from, device)
         if args.config_overrides:
             model = extend_model(model, {**source_card["config"], **args.config_overrides}).to(device)
@@ -320,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                         step=record["steps"], wall_time_s=record["wall_time_s"], history=record.get("history", []))
     else:
         model = build_model(args.family, model_config).to(device)
-    trainer = GANTrainer(model, args, distributed) if args.family == "dcgan" else LossTrainer(model, args, distributed)
+    # A family trains by minimising its `loss` unless it declares another objective.
+    trainer = TRAINERS[getattr(model, "objective", "loss")](model, args, distributed)
 
     state_file = args.state_dir / "state.pt"
     noise = torch.Generator().manual_seed(args.seed * 1000 + rank)
@@ -363,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             "metrics": {},
         })
         if final_of_epoch:
-            preview = sample_preview(exported, device)
+            preview = sample_preview(exported)
             if preview is not None:
                 save_grid(preview, args.out / "samples.png", nrow=8)
 
@@ -408,21 +397,25 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
         save(final_of_epoch=True)
         last_save = time.monotonic()
+    # Parts that gradients do not train (a VAE's mixture prior) are fitted once training is done.
+    fit_after_training = getattr(trainer.export(), "fit_after_training", None)
+    if is_main and fit_after_training is not None and progress["epoch"] >= args.epochs:
+        fitted = fit_after_training(train.images, quiet=args.quiet)
+        if fitted:
+            print(json.dumps({"event": "fitted after training", "family": args.family, **fitted}), flush=True)
+            save(final_of_epoch=True)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
 
 
 @torch.no_grad()
-def sample_preview(model: nn.Module, device: torch.device) -> torch.Tensor | None:
-    """A fixed-seed 8x8 grid of samples (8x2 for PixelCNN, whose sampling is slow)."""
-    generator = torch.Generator().manual_seed(PREVIEW_SEED)
-    if model.family in ("vae", "dcgan"):
-        return model.sample(64, generator=generator)
-    if model.family == "pixelcnn":
-        cond = torch.arange(16) % model.config.n_classes if model.config.n_classes else None
-        return model.sample(16, generator=generator, cond=cond)
-    return None
+def sample_preview(model: nn.Module) -> torch.Tensor | None:
+    """Fixed-seed samples for a glance at training: 8x8, or 8x2 where sampling is sequential."""
+    if "sample" not in model.capabilities:
+        return None
+    n = 16 if model.sequential_sampling else 64
+    return model.sample_for_seeds(range(PREVIEW_SEED, PREVIEW_SEED + n))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,11 @@ on the 256 gray levels, integrated over each level's bin (the edge bins take the
 ELBO is a true lower bound on the log-probability of the 8-bit data and its bits/dim compare
 directly with PixelCNN's. `decode` returns the decoder's mean image, which is what one shows.
 
-With `second_stage_hidden > 0` it is a two-stage VAE (Dai & Wipf 2019): the aggregate posterior of
-a trained VAE is not N(0, I), so prior draws land where the decoder never trained; a second, small
-VAE learns the distribution of the first one's codes z, and the served latent u ~ N(0, I) is that
-second VAE's. Sampling decodes u -> z -> x, encoding x -> z -> u, and the ELBO stays a true bound
-with the second stage as the prior of z. `python -m models.train vae --init-from weights/vae
---set second_stage_hidden=1024 --train-only second_stage` fits the second stage to a trained VAE.
+With `prior_components > 0` the prior of z is a mixture of that many full-covariance Gaussians,
+fitted by EM to the encoder's codes of the training set once gradient training is done
+(`fit_after_training`, called by `models.train`): samples then come from where the codes are, and
+the ELBO, with the mixture as p(z), stays a true bound. `python -m models.train vae --init-from
+weights/vae --set prior_components=50` fits one to a trained VAE.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.data import to_float
 from models.latent import LatentModel
+from models.mixture import GaussianMixture
 
 
 @dataclass
@@ -32,7 +33,7 @@ class VAEConfig:
     width: int = 32  # channels of the first conv; doubled at each downsampling
     hidden: int = 512
     levels: int = 256
-    second_stage_hidden: int = 0  # 0: the prior of z is N(0, I); else a two-stage VAE, this wide
+    prior_components: int = 0  # 0: the prior of z is N(0, I); else a Gaussian mixture of this many
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
@@ -57,41 +58,13 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
                        torch.where(x > 1 - half_bin, log_one_minus_cdf_lower, log_mass))
 
 
-def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag(exp(logvar))), summed over the last axis."""
-    return -0.5 * (math.log(2 * math.pi) + logvar + (x - mean).pow(2) * torch.exp(-logvar)).sum(-1)
-
-
-class SecondStage(nn.Module):
-    """A VAE over the first stage's codes z [B, d]: q(u|z) and p(z|u) are diagonal Gaussians from
-    MLPs, u ~ N(0, I) of the same size, and p(z|u) has one learned variance gamma, which Dai & Wipf
-    show must shrink for the second stage to match the codes' distribution."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                     nn.Linear(hidden, 2 * dim))
-        self.decoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                     nn.Linear(hidden, dim))
-        self.log_gamma = nn.Parameter(torch.zeros(()))
-
-    def encode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(z).chunk(2, dim=1)
-        return mu, logvar.clamp(-12, 8)
-
-    def elbo(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A lower bound on log p(z) [B] (a density over z, in nats), one draw of u per code."""
-        mu, logvar = self.encode(z)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        u = mu + torch.exp(0.5 * logvar) * eps
-        log_pz_u = gaussian_log_density(z, self.decoder(u), self.log_gamma.clamp(min=-16).expand_as(z))
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        return log_pz_u - kl
-
-
 class VAE(LatentModel):
     family = "vae"
     Config = VAEConfig
+    summary = "Variational autoencoder: encodes and decodes through a smooth latent space."
+    capabilities = ("sample", "interpolate", "arithmetic", "traverse", "encode", "reconstruct", "likelihood")
+    exact_likelihood = False
+    likelihood_method = "negative ELBO: an upper bound on -log p(x), one posterior sample, fixed seed"
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -116,19 +89,17 @@ class VAE(LatentModel):
             nn.ConvTranspose2d(w1, w1, 4, 2, 1), nn.SiLU(),
             nn.Conv2d(w1, 2 * c, 3, 1, 1),  # mean and log-scale per sub-pixel
         )
-        self.second_stage = (SecondStage(config.latent_dim, config.second_stage_hidden)
-                             if config.second_stage_hidden else None)
+        self.prior = GaussianMixture(config.latent_dim, config.prior_components) if config.prior_components else None
 
-    def encode_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: float [B, C, H, W] in [0, 1] -> (mu, logvar) of the first stage's q(z|x)."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: float [B, C, H, W] in [0, 1] -> (mu, logvar) of q(z|x), each [B, latent_dim]."""
         mu, logvar = self.encoder(x * 2 - 1).chunk(2, dim=1)
         return mu, logvar.clamp(-12, 8)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x -> (mu, logvar) of the posterior of the served latent, each [B, latent_dim]: q(z|x), or
-        with a second stage q(u|z) at z = the mean of q(z|x)."""
-        mu, logvar = self.encode_codes(x)
-        return self.second_stage.encode(mu) if self.second_stage else (mu, logvar)
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        if self.prior is None:
+            return super().sample_latents(n, generator, temperature)
+        return self.prior.sample(n, generator, temperature)
 
     def _decoder_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.decoder_conv(self.decoder_fc(z).view(-1, *self.feature_shape))
@@ -137,31 +108,58 @@ class VAE(LatentModel):
         return torch.sigmoid(mean) * 1.1 - 0.05, log_scale.clamp(min=-7.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The served latent [B, latent_dim] (z, or u with a second stage, whose decoder's mean is
-        the code) -> the decoder's mean image, float [B, C, H, W] in [0, 1]."""
-        if self.second_stage:
-            z = self.second_stage.decoder(z)
+        """z [B, latent_dim] -> the decoder's mean image, float [B, C, H, W] in [0, 1]."""
         mean, _ = self._decoder_params(z)
         return mean.clamp(0, 1)
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None,
-             second_stage: bool = True) -> dict[str, torch.Tensor]:
+             learned_prior: bool = True) -> dict[str, torch.Tensor]:
         """The evidence lower bound on log p(x) in nats per image, with its two terms, each [B].
 
-        x must lie on the 8-bit grid (k / 255). One reparameterised draw of z per image (and of u
-        per z with a second stage, whose `kl` is then log q(z|x) minus the bound on log p(z)).
-        `second_stage=False` gives the first stage's own bound, with the N(0, I) prior.
+        x must lie on the 8-bit grid (k / 255). One reparameterised draw of z per image. With a
+        mixture prior the KL term is its one-draw estimate, log q(z|x) - log p(z);
+        `learned_prior=False` gives the bound under N(0, I), in closed form.
         """
-        mu, logvar = self.encode_codes(x)
+        mu, logvar = self.encode(x)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
         mean, log_scale = self._decoder_params(z)
         log_px_z = discretized_logistic_log_prob(x, mean, log_scale, self.config.levels).flatten(1).sum(1)
-        if self.second_stage and second_stage:
-            kl = gaussian_log_density(z, mu, logvar) - self.second_stage.elbo(z, generator)
+        if self.prior is not None and learned_prior:
+            log_qz_x = -0.5 * (math.log(2 * math.pi) + logvar + eps.pow(2)).sum(1)
+            kl = log_qz_x - self.prior.log_prob(z)
         else:
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return {"elbo": log_px_z - kl, "reconstruction": log_px_z, "kl": kl}
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """What `models.train` minimises: the negative ELBO in nats per sub-pixel (labels unused),
+        under N(0, I): a mixture prior is fitted to the codes after training, not during it."""
+        terms = self.elbo(x, learned_prior=False)
+        loss, dims = -terms["elbo"].mean(), x[0].numel()
+        return loss / dims, {"bits_per_dim": (loss / (dims * math.log(2))).item(), "kl": terms["kl"].mean().item()}
+
+    def nll(self, x: torch.Tensor, cond: None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """-ELBO in nats per image [B]: a bound on -log p(x), from one posterior draw per image."""
+        if cond is not None:
+            raise ValueError("the VAE's likelihood bound takes no class")
+        return -self.elbo(x, generator)["elbo"]
+
+    @torch.no_grad()
+    def fit_after_training(self, images: torch.Tensor, quiet: bool = False, seed: int = 0) -> dict:
+        """Fit the mixture prior (if the config has one) to the aggregate posterior q(z) = E_x q(z|x)
+        of the training images (uint8 [N, C, H, W]): one draw of z per image. Fitted to the draws
+        rather than to the posterior means, it tightens the ELBO (the prior that maximises it is
+        q(z) itself), and its samples score no worse."""
+        if self.prior is None:
+            return {}
+        device = next(self.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        codes = []
+        for start in range(0, len(images), 1000):
+            mu, logvar = (t.cpu() for t in self.encode(to_float(images[start:start + 1000]).to(device)))
+            codes.append(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator))
+        return {"prior_mean_log_density": round(self.prior.fit(torch.cat(codes), quiet=quiet), 4)}
 
     @staticmethod
     def bits_per_dim(log_prob_nats: torch.Tensor, num_dims: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ async def _samples(request: Request, model: ServedModel, settings, body: Samples
     check_n(body.n, model, settings, [where, "n"])
     seed = pick_seed(body.seed)
     seeds = range(seed, seed + body.n)
-    if model.family == "pixelcnn":
+    if model.latent_dim is None:  # an autoregressive model: pixel noise, not a latent
         label = latents.class_index(model, body.class_, [where, "class"]) if body.class_ else None
         noise, labels = latents.pixel_noise(model, seeds, label)
         images = await infer(request, model, SAMPLE_PIXELS, noise, labels, temperature=body.temperature)
@@ -53,9 +53,11 @@ async def samples(request: Request, model: Annotated[ServedModel, Depends(capabl
     event `{"image": <base64 PNG>}`, the very bytes of the plain answer; `error` events carry
     `{"detail": ...}`. A client that goes away stops the sampling.
 
-    `temperature` scales z for VAE and DCGAN (z = T * eps) and is the softmax temperature for
-    PixelCNN. `class` is PixelCNN's conditioning label; for VAE and DCGAN it draws around the
-    class's mean latent from the model card: z = mean_c + T * 0.5 * std_c * eps.
+    `temperature` scales the prior draw for latent models (z = T * eps under N(0, I); a mixture
+    prior's draw is scaled about its component's mean) and is the softmax temperature for
+    autoregressive models (PixelCNN, PixelRNN). `class` is an autoregressive model's conditioning
+    label; for latent models (VAE, DCGAN) it draws around the class's mean latent from the model
+    card: z = mean_c + T * 0.5 * std_c * eps.
     """
     if EVENT_STREAM in request.headers.get("accept", ""):
         check_n(body.n, model, settings, ["body", "n"])

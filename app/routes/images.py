@@ -6,6 +6,7 @@ they are decoded, converted and resized.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import torch
@@ -16,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from app import latents
 from app.errors import CapabilityError, InputError
-from app.operations import COMPLETE, DECODE, ELBO, LOG_PROB
+from app.operations import COMPLETE, DECODE, NLL, NLL_BOUND
 from app.registry import ServedModel
 from app.routes.deps import (ERROR_RESPONSES, IMAGE_RESPONSES, Format, SettingsDep, capable, check_at_most, check_n,
                              encode_images, image_response, infer, pick_seed, read_image)
@@ -94,21 +95,19 @@ async def complete(request: Request, model: Annotated[ServedModel, Depends(capab
 @router.post("/{name}/likelihood", response_model=LikelihoodResponse, responses=ERROR_RESPONSES)
 async def likelihood(request: Request, model: Annotated[ServedModel, Depends(capable("likelihood"))],
                      settings: SettingsDep, body: LikelihoodRequest) -> LikelihoodResponse:
-    """-log p(x) of one image in nats and bits per dimension. PixelCNN's is exact (marginalised over
-    the classes unless `class` is given); the VAE's is the negative ELBO, an upper bound, from one
-    posterior draw with a fixed seed so that the answer is deterministic."""
+    """-log p(x) of one image in nats and bits per dimension: exact for an autoregressive model
+    (marginalised over the classes unless `class` is given), the negative ELBO (an upper bound,
+    from one posterior draw with a fixed seed, so that the answer is deterministic) for the VAE."""
     image = await read_image(model, settings, body.image, ["body", "image"])
-    if model.family == "pixelcnn":
-        label = latents.class_index(model, body.class_, ["body", "class"]) if body.class_ else None
-        cond = None if label is None else torch.tensor([label])
-        log_p = await infer(request, model, LOG_PROB, image, cond)
-        exact, method = True, "exact autoregressive log-likelihood" + (" given the class" if label is not None else "")
-    else:
-        if body.class_:
-            raise CapabilityError(f"model {model.name!r} computes its likelihood bound without a class")
-        log_p = await infer(request, model, ELBO, image)
-        exact, method = False, "negative ELBO: an upper bound on -log p(x), one posterior sample, fixed seed"
-    nll = -float(log_p[0])
-    dims = image[0].numel()
-    bits = float(type(model.module).bits_per_dim(log_p, dims)[0])
-    return LikelihoodResponse(model=model.name, nll_nats=nll, bits_per_dim=bits, exact=exact, method=method)
+    module = model.module
+    cond = None
+    if body.class_:
+        if not module.class_conditional:
+            raise CapabilityError(f"model {model.name!r} computes its likelihood without a class")
+        cond = torch.tensor([latents.class_index(model, body.class_, ["body", "class"])])
+    nats = await infer(request, model, NLL if module.exact_likelihood else NLL_BOUND, image, cond)
+    method = module.likelihood_method + (" given the class" if cond is not None else "")
+    nll = float(nats[0])
+    bits = nll / (image[0].numel() * math.log(2))
+    return LikelihoodResponse(model=model.name, nll_nats=nll, bits_per_dim=bits, exact=module.exact_likelihood,
+                              method=method)

@@ -68,7 +68,6 @@ function applyModel(model) {
     if (el.matches("fieldset, button")) el.disabled = !on;
     else el.querySelectorAll("input, select, button").forEach((field) => { field.disabled = !on; });
   };
-  document.querySelectorAll(".panel [data-family]").forEach((el) => toggle(el, el.dataset.family === model.family));
   document.querySelectorAll(".panel [data-conditional]").forEach((el) => toggle(el, model.conditional));
   document.querySelectorAll(".panel [data-cap]").forEach((el) => toggle(el, has(el.dataset.cap)));
   for (const select of document.querySelectorAll("select[data-classes]")) {
@@ -175,9 +174,10 @@ async function start() {
   }
 
   const params = new URLSearchParams(location.search);
-  // A shared link names its model; otherwise the DCGAN, the quickest to show something.
+  // A shared link names its model; otherwise the first that samples in one pass (not pixel by
+  // pixel, "stream"), the quickest to show something.
   const model = ctx.models.find((m) => m.name === params.get("model"))
-    || ctx.models.find((m) => m.family === "dcgan") || ctx.models[0];
+    || ctx.models.find((m) => !m.capabilities.includes("stream")) || ctx.models[0];
   list.querySelector(`input[value="${CSS.escape(model.name)}"]`).checked = true;
   applyModel(model);
   for (const { panel } of Object.values(tabs)) defaultLatents(panel, model);

@@ -3,12 +3,6 @@
 
 import { el } from "./ui.js";
 
-// What each family does, in a line, for people who meet these models here first.
-const FAMILY_NOTES = {
-  pixelcnn: "Autoregressive: draws one pixel at a time; exact likelihood.",
-  vae: "Variational autoencoder: encodes and decodes through a smooth latent space.",
-  dcgan: "Adversarial: a generator trained to fool a critic; sharp samples.",
-};
 // The figures a card shows first, in this order, where the model has them (at most four).
 const HEADLINES = ["test_bits_per_dim", "frechet_distance", "classes_found", "class_mean_decodes_to_class",
   "class_entropy_nats"];
@@ -83,7 +77,7 @@ export function modelCard(model) {
   const headline = headlineKeys.map((key) => [key.replaceAll("_", " "), formatMetric(metrics[key])]);
   const rest = metricRows(Object.fromEntries(Object.entries(metrics).filter(([key]) => !headlineKeys.includes(key))));
   const about = el("div", { id: `${id}-about` },
-    el("p", { className: "note", textContent: FAMILY_NOTES[model.family] || "" }),
+    el("p", { className: "note", textContent: model.summary || "" }),
     el("div", { className: "meta", textContent: meta }),
     headline.length ? list(headline) : el("p", { className: "muted", textContent: "no metrics yet" }));
   if (shares && typeof shares === "object") {

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
-from app.registry import CAPABILITIES
+from app.registry import servable
 from models.checkpoint import read_card
 
 PAD = 2
@@ -38,7 +38,7 @@ async def serving(weights_dir, **settings):
 def served_names(weights_dir) -> list[str]:
     """The sorted names of the checkpoint folders the service serves (the generators)."""
     return sorted(folder.name for folder in weights_dir.iterdir()
-                  if (folder / "card.json").is_file() and read_card(folder)["family"] in CAPABILITIES)
+                  if (folder / "card.json").is_file() and servable(read_card(folder)["family"]))
 
 
 def png(content: bytes) -> np.ndarray:

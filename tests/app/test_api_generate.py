@@ -12,17 +12,18 @@ from apptest import b64png, grid_cells, grid_shape, max_diff, png
 pytestmark = pytest.mark.anyio
 
 LATENT_MODELS = ["vae", "dcgan"]
-ALL_MODELS = ["pixelcnn", "vae", "dcgan"]
+AUTOREGRESSIVE = ["pixelcnn", "pixelrnn"]
+ALL_MODELS = AUTOREGRESSIVE + LATENT_MODELS
 
 
 def small_n(name: str, n: int) -> int:
-    return min(n, 3) if name == "pixelcnn" else n  # PixelCNN samples pixel by pixel: keep it small
+    return min(n, 3) if name in AUTOREGRESSIVE else n  # they sample pixel by pixel: keep it small
 
 
 GRIDS = [(name, n, nrow) for name in LATENT_MODELS for n, nrow in [(1, None), (5, None), (6, 3), (4, 10)]]
 
 
-@pytest.mark.parametrize("name, n, nrow", GRIDS + [("pixelcnn", 5, None)])  # PixelCNN is slow: one grid
+@pytest.mark.parametrize("name, n, nrow", GRIDS + [(name, 5, None) for name in AUTOREGRESSIVE])  # slow: one grid
 async def test_samples_grid_has_n_cells(client, name, n, nrow):
     response = await client.post(f"/v1/models/{name}/samples", json={"n": n, "seed": 4, "nrow": nrow})
     assert response.status_code == 200, response.text
@@ -51,9 +52,9 @@ async def test_image_i_is_the_image_of_seed_plus_i(client, name):
     assert len(images) == n and grid.json()["seed"] == 40
     for i, single in enumerate(singles):
         assert max_diff(b64png(images[i]), b64png(single.json()["images"][0])) <= 1
-        if name != "pixelcnn":
+        if name not in AUTOREGRESSIVE:
             assert grid.json()["latents"][i] == single.json()["latents"][0]
-    if name != "pixelcnn":  # and the latent of seed s + i is what /latents gives for {"seed": s + i}
+    if name not in AUTOREGRESSIVE:  # and the latent of seed s + i is what /latents gives for {"seed": s + i}
         vector = (await client.post(f"/v1/models/{name}/latents", json={"latent": {"seed": 42}})).json()["vector"]
         assert np.allclose(vector, grid.json()["latents"][2], atol=1e-6)
 
@@ -67,12 +68,17 @@ async def test_random_seed_is_reported_and_reproduces(client):
 
 
 @pytest.mark.parametrize("name", LATENT_MODELS)
-async def test_temperature_scales_the_latents(client, name):
-    hot = (await client.post(f"/v1/models/{name}/samples?format=json",
-                             json={"n": 2, "seed": 8, "temperature": 2.0})).json()["latents"]
-    cold = (await client.post(f"/v1/models/{name}/samples?format=json",
-                              json={"n": 2, "seed": 8, "temperature": 0.5})).json()["latents"]
-    assert np.allclose(np.array(hot), 4 * np.array(cold), atol=1e-5)
+async def test_temperature_scales_the_prior_draw_about_its_centre(client, name):
+    """z(T) = c + T * (z(1) - c) for each seed: c = 0 under N(0, I) (z = T * eps), a mixture
+    prior's component mean for the VAE."""
+    async def latents(temperature):
+        response = await client.post(f"/v1/models/{name}/samples?format=json",
+                                     json={"n": 2, "seed": 8, "temperature": temperature})
+        return np.array(response.json()["latents"])
+    hot, warm, cold = [await latents(t) for t in (2.0, 1.0, 0.5)]
+    assert np.allclose(hot - warm, 2 * (warm - cold), atol=1e-4)
+    if name == "dcgan":
+        assert np.allclose(hot, 4 * cold, atol=1e-5)
 
 
 async def test_json_format_has_one_png_per_image(client, models):
@@ -94,13 +100,14 @@ async def test_get_samples_png_matches_post(client, name):
     assert got.content == posted.content
 
 
-async def test_pixelcnn_class_conditions_the_samples(client, models):
-    if not models["pixelcnn"]["conditional"]:
-        response = await client.post("/v1/models/pixelcnn/samples", json={"n": 1, "class": "Bag"})
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
+async def test_autoregressive_class_conditions_the_samples(client, models, name):
+    if not models[name]["conditional"]:
+        response = await client.post(f"/v1/models/{name}/samples", json={"n": 1, "class": "Bag"})
         assert response.status_code == 400
         return
-    bag = await client.post("/v1/models/pixelcnn/samples", json={"n": 2, "seed": 5, "class": "Bag"})
-    trouser = await client.post("/v1/models/pixelcnn/samples", json={"n": 2, "seed": 5, "class": "Trouser"})
+    bag = await client.post(f"/v1/models/{name}/samples", json={"n": 2, "seed": 5, "class": "Bag"})
+    trouser = await client.post(f"/v1/models/{name}/samples", json={"n": 2, "seed": 5, "class": "Trouser"})
     assert bag.status_code == trouser.status_code == 200
     assert bag.content != trouser.content
 

@@ -21,6 +21,7 @@ def shirt() -> np.ndarray:
 
 
 SHIRT = encode_png(shirt())
+AUTOREGRESSIVE = ["pixelcnn", "pixelrnn"]
 
 
 async def test_reconstruct_shows_input_beside_reconstruction(client):
@@ -44,7 +45,7 @@ async def test_reconstruct_takes_a_multipart_upload(client):
 
 
 async def test_reconstruct_needs_a_latent_space(client):
-    for name in ("pixelcnn",):
+    for name in AUTOREGRESSIVE:
         response = await client.post(f"/v1/models/{name}/reconstruct", json={"image": SHIRT})
         assert response.status_code == 400
         assert "capabilities" in response.json()["detail"] and "sample" in response.json()["detail"]
@@ -58,10 +59,11 @@ async def test_image_latent_is_the_encoder_mean(client):
     assert dcgan.status_code == 200, "the DCGAN projects the image instead (tests/app/test_api_explore.py)"
 
 
-async def test_complete_keeps_the_top_rows(client):
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
+async def test_complete_keeps_the_top_rows(client, name):
     n, keep = 2, 12
     body = {"image": SHIRT, "keep_rows": keep, "n": n, "seed": 3, "temperature": 1.0}
-    response = await client.post("/v1/models/pixelcnn/complete?format=json", json=body)
+    response = await client.post(f"/v1/models/{name}/complete?format=json", json=body)
     assert response.status_code == 200, response.text
     assert response.headers["x-seed"] == "3"
     occluded, *completions = (b64png(image) for image in response.json()["images"])
@@ -69,19 +71,20 @@ async def test_complete_keeps_the_top_rows(client):
     assert np.array_equal(occluded[:keep], shirt()[:keep]) and not occluded[keep:].any()
     for completion in completions:
         assert np.array_equal(completion[:keep], shirt()[:keep])
-    grid = await client.post("/v1/models/pixelcnn/complete", json=body)
+    grid = await client.post(f"/v1/models/{name}/complete", json=body)
     assert png(grid.content).shape == grid_shape(n + 1, n + 1, 28, 28)
-    again = await client.post("/v1/models/pixelcnn/complete", json=body)
+    again = await client.post(f"/v1/models/{name}/complete", json=body)
     assert again.content == grid.content
 
 
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
 @pytest.mark.parametrize("class_", [None, "Trouser"])
-async def test_a_completion_is_the_models_completion_of_its_seed(client, class_):
-    """Without a class the kept rows choose it (the PixelCNN's class posterior); with one, it is used."""
+async def test_a_completion_is_the_models_completion_of_its_seed(client, name, class_):
+    """Without a class the kept rows choose it (the model's class posterior); with one, it is used."""
     body = {"image": SHIRT, "keep_rows": 14, "n": 2, "seed": 8} | ({"class": class_} if class_ else {})
-    response = await client.post("/v1/models/pixelcnn/complete?format=json", json=body)
+    response = await client.post(f"/v1/models/{name}/complete?format=json", json=body)
     assert response.status_code == 200, response.text
-    served = client.app.state.registry.get("pixelcnn")
+    served = client.app.state.registry.get(name)
     x = torch.from_numpy(shirt()).float()[None, None] / 255
     known = torch.zeros_like(x, dtype=torch.bool)
     known[:, :, :14] = True
@@ -91,23 +94,24 @@ async def test_a_completion_is_the_models_completion_of_its_seed(client, class_)
         assert np.array_equal(b64png(image), (expected[0, 0] * 255).round().byte().numpy())
 
 
-async def test_complete_is_for_pixelcnn_and_checks_keep_rows(client):
+async def test_complete_is_for_autoregressive_models_and_checks_keep_rows(client):
     assert (await client.post("/v1/models/vae/complete", json={"image": SHIRT})).status_code == 400
     too_many = await client.post("/v1/models/pixelcnn/complete", json={"image": SHIRT, "keep_rows": 29, "n": 1})
     assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "keep_rows"]
 
 
-async def test_pixelcnn_likelihood_is_exact_and_deterministic(client):
-    first = await client.post("/v1/models/pixelcnn/likelihood", json={"image": SHIRT})
-    second = await client.post("/v1/models/pixelcnn/likelihood", json={"image": SHIRT})
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
+async def test_autoregressive_likelihood_is_exact_and_deterministic(client, name):
+    first = await client.post(f"/v1/models/{name}/likelihood", json={"image": SHIRT})
+    second = await client.post(f"/v1/models/{name}/likelihood", json={"image": SHIRT})
     assert first.status_code == 200, first.text
     body = first.json()
     assert body == second.json()
-    assert body["exact"] is True and body["model"] == "pixelcnn"
+    assert body["exact"] is True and body["model"] == name
     assert body["nll_nats"] > 0
     assert math.isclose(body["bits_per_dim"], body["nll_nats"] / (784 * math.log(2)), rel_tol=1e-5)
     # the marginal over classes is at least the likelihood given any one class (p(x) >= p(x|y)/K)
-    given = await client.post("/v1/models/pixelcnn/likelihood", json={"image": SHIRT, "class": "Shirt"})
+    given = await client.post(f"/v1/models/{name}/likelihood", json={"image": SHIRT, "class": "Shirt"})
     assert given.status_code == 200
     assert body["nll_nats"] <= given.json()["nll_nats"] + math.log(10) + 1e-3
 
@@ -119,3 +123,5 @@ async def test_vae_likelihood_is_a_deterministic_bound(client):
     assert first["exact"] is False and "bound" in first["method"].lower()
     assert math.isclose(first["bits_per_dim"], first["nll_nats"] / (784 * math.log(2)), rel_tol=1e-5)
     assert (await client.post("/v1/models/dcgan/likelihood", json={"image": SHIRT})).status_code == 400
+    with_class = await client.post("/v1/models/vae/likelihood", json={"image": SHIRT, "class": "Shirt"})
+    assert with_class.status_code == 400 and "without a class" in with_class.json()["detail"]

@@ -22,7 +22,7 @@ async def test_models_lists_the_generators_and_the_limits(client, weights_dir):
                               "max_image_bytes": 1 << 20, "max_body_bytes": 2 << 20}
 
 
-@pytest.mark.parametrize("name", ["pixelcnn", "vae", "dcgan"])
+@pytest.mark.parametrize("name", ["pixelcnn", "pixelrnn", "vae", "dcgan"])
 async def test_model_info(client, name):
     info = (await client.get(f"/v1/models/{name}")).json()
     assert info["name"] == info["family"] == name
@@ -30,12 +30,15 @@ async def test_model_info(client, name):
     assert info["dataset"] == "fashion-mnist"
     assert len(info["classes"]) == 10 and "Sneaker" in info["classes"]
     assert set(info["capabilities"]) <= CAPABILITIES and "sample" in info["capabilities"]
-    assert (info["latent_dim"] is None) == (name == "pixelcnn")
-    assert info["max_n"] == (16 if name == "pixelcnn" else 64)
+    autoregressive = name in ("pixelcnn", "pixelrnn")
+    assert (info["latent_dim"] is None) == autoregressive
+    assert info["max_n"] == (16 if autoregressive else 64)
+    assert info["summary"]
     assert isinstance(info["metrics"], dict)
     assert len(info["checkpoint"]["sha256"]) == 64 and info["checkpoint"]["trained_at"]
     assert info["checkpoint"]["epochs"] > 0
     expected = {"pixelcnn": {"sample", "stream", "complete", "likelihood"},
+                "pixelrnn": {"sample", "stream", "complete", "likelihood"},
                 "vae": {"sample", "interpolate", "traverse", "arithmetic", "encode", "reconstruct", "likelihood"},
                 "dcgan": {"sample", "interpolate", "traverse", "arithmetic", "encode", "project", "reconstruct"}}[name]
     assert set(info["capabilities"]) == expected
@@ -98,7 +101,7 @@ async def test_limits_are_settings(weights_dir):
         body = (await client.get("/v1/models")).json()
         assert body["limits"]["max_n"] == 8 and body["limits"]["max_steps"] == 4
         assert {m["name"]: m["max_n"] for m in body["models"]} == {
-            name: 2 if name == "pixelcnn" else 8 for name in served_names(weights_dir)}
+            name: 2 if name in ("pixelcnn", "pixelrnn") else 8 for name in served_names(weights_dir)}
         assert (await client.post("/v1/models/dcgan/samples", json={"n": 9})).status_code == 422
         assert (await client.post("/v1/models/pixelcnn/samples", json={"n": 3})).status_code == 422
         path = {"start": {"seed": 1}, "end": {"seed": 2}, "steps": 5}

@@ -109,6 +109,7 @@ def test_model_picker_shows_the_models_and_tabs_follow_capabilities(page, models
         card = cards.filter(has=page.locator(f'input[value="{name}"]'))
         expect(card.locator(".name")).to_contain_text(name)
         expect(card.locator(".badge")).to_have_text(info["family"])
+        expect(card.locator(".note")).to_have_text(info["summary"])  # the family's own line, from the API
         expect(card.locator(".meta")).to_contain_text(info["dataset"])
         # Every figure is on the card, the folded ones too (text content: a closed <details> renders none).
         shown = dict(zip(card.locator("dt").all_text_contents(), card.locator("dd").all_text_contents()))

@@ -109,27 +109,30 @@ def test_init_from_refuses_a_config_that_changes_trained_weights(tmp_path):
                     "--set", "latent_dim=3"])
 
 
-def test_a_second_stage_fits_beside_a_frozen_first_stage(tmp_path):
-    """Dai & Wipf's recipe through the one training loop: --set adds the second stage to a trained
-    VAE, --train-only trains just it, and the first stage's weights come out untouched."""
+def test_a_mixture_prior_is_fitted_to_a_trained_vae_after_training(tmp_path):
+    """--set adds the prior to a trained VAE; with its epochs done, the loop only fits the mixture
+    to the codes (EM), and every trained weight comes out untouched."""
     first = run("vae", tmp_path, "--epochs", "1")
-    out, state = tmp_path / "two_stage", tmp_path / "runs" / "two_stage"
+    out, state = tmp_path / "mixture", tmp_path / "runs" / "mixture"
     train.main(["vae", "--limit", "512", "--batch-size", "32", "--out", str(out), "--state-dir", str(state),
-                "--quiet", "--threads", "1", "--init-from", str(first), "--epochs", "4", "--lr", "3e-3",
-                "--set", "second_stage_hidden=32", "--train-only", "second_stage"])
+                "--quiet", "--threads", "1", "--init-from", str(first), "--epochs", "1",
+                "--set", "prior_components=3"])
     before, _ = load_checkpoint(first)
     after, card = load_checkpoint(out)
-    assert card["config"]["second_stage_hidden"] == 32 and "--train-only" in card["training"]["command"]
+    assert card["config"]["prior_components"] == 3 and card["training"]["epochs"] == 1
     for name, tensor in before.state_dict().items():
         assert torch.equal(tensor, after.state_dict()[name]), name
-    history = card["training"]["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1]["loss"] < history[1]["loss"]
-    # The served latent is the second stage's: decode goes u -> z -> x and encode x -> z -> u.
-    x = to_float(load_dataset("fashion-mnist", "test", limit=4).images)
-    u = after.encode(x)[0]
+    # The mixture sits where the codes are: their log density under it beats N(0, I)'s.
+    codes = after.encode(to_float(load_dataset("fashion-mnist", "train", limit=512).images))[0]
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(codes).sum(1)
     with torch.no_grad():
-        assert torch.allclose(after.decode(u), before.decode(after.second_stage.decoder(u)))
-        assert torch.allclose(u, after.second_stage.encode(before.encode(x)[0])[0])
+        assert after.prior.log_prob(codes).mean() > standard.mean()
+        assert after.prior.log_weights.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    # Prior draws are the mixture's, seeded per seed; temperature 0 gives the components' means.
+    draws = after.latents_for_seeds(range(5))
+    assert torch.equal(draws[2:3], after.latents_for_seeds([2]))
+    at_zero = after.latents_for_seeds(range(20), temperature=0.0)
+    assert all(any(torch.allclose(z, m) for m in after.prior.means) for z in at_zero)
 
 
 def test_baseline_recipes_write_samples_that_evaluate_scores(tmp_path):

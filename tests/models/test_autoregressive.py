@@ -1,20 +1,35 @@
+"""The autoregressive families, PixelCNN and PixelRNN: each test runs on both (`small`)."""
+
 import math
 
 import pytest
 import torch
 
 from models.pixelcnn import PixelCNN, PixelCNNConfig
+from models.pixelrnn import PixelRNN, PixelRNNConfig
 
 
-def small(n_classes=0, image_shape=(1, 12, 12)) -> PixelCNN:
+def pixelcnn(n_classes=0, image_shape=(1, 12, 12)) -> PixelCNN:
     torch.manual_seed(0)
     config = PixelCNNConfig(image_shape=image_shape, channels=8, n_layers=3, kernel_size=5,
                             head_channels=16, n_classes=n_classes)
     return PixelCNN(config).double().eval()
 
 
+def pixelrnn(n_classes=0, image_shape=(1, 12, 12)) -> PixelRNN:
+    torch.manual_seed(0)
+    config = PixelRNNConfig(image_shape=image_shape, channels=8, n_layers=3, first_kernel=5,
+                            head_channels=16, n_classes=n_classes)
+    return PixelRNN(config).double().eval()
+
+
+@pytest.fixture(params=[pixelcnn, pixelrnn], ids=["pixelcnn", "pixelrnn"])
+def small(request):
+    return request.param
+
+
 @pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])
-def test_outputs_are_causal_in_raster_order(image_shape):
+def test_outputs_are_causal_in_raster_order(small, image_shape):
     """d logits(i) / d x(j) is exactly zero for every j at or after i, and nonzero for some j before."""
     model = small(image_shape=image_shape)
     c, h, w = image_shape
@@ -29,15 +44,16 @@ def test_outputs_are_causal_in_raster_order(image_shape):
             assert per_pixel[:position].max() > 0, f"pixel {(i, j)} sees nothing of the past"
 
 
-def test_no_blind_spot_within_the_receptive_field():
-    """Pixels up and to the right of (i, j) are seen (the original PixelCNN's blind spot)."""
-    model = small()
+def test_the_gated_pixelcnn_has_no_blind_spot_within_its_receptive_field():
+    """Pixels up and to the right of (i, j) are seen (the original PixelCNN's blind spot). The Row
+    LSTM has one by design, a triangle (below)."""
+    model = pixelcnn()
     x = torch.rand(1, 1, 12, 12, dtype=torch.double, requires_grad=True)
     (grad,) = torch.autograd.grad(model(x)[0, 0, :, 6, 4].sum(), x)
     assert grad[0, 0, 5, 4 + 3].abs() > 0 and grad[0, 0, 4, 4 + 4].abs() > 0
 
 
-def test_log_prob_is_a_normalised_discrete_density():
+def test_log_prob_is_a_normalised_discrete_density(small):
     model = small(image_shape=(1, 1, 2))
     model.config.levels = 256
     # Exact normalisation over all 256^2 images of two pixels.
@@ -48,17 +64,17 @@ def test_log_prob_is_a_normalised_discrete_density():
     assert abs(float(total)) < 1e-9
 
 
-def test_class_marginal_is_the_mean_of_the_conditionals():
+def test_class_marginal_is_the_mean_of_the_conditionals(small):
     model = small(n_classes=3)
     x = (torch.rand(2, 1, 12, 12, dtype=torch.double) * 255).round() / 255
     per_class = torch.stack([model.log_prob(x, torch.full((2,), y)) for y in range(3)])
     shift = per_class.max(0).values  # log-probs of whole images underflow exp()
     expected = shift + torch.log((per_class - shift).exp().mean(0))
     torch.testing.assert_close(model.log_prob(x), expected)
-    assert PixelCNN.bits_per_dim(model.log_prob(x), 144).min() > 0
+    assert type(model).bits_per_dim(model.log_prob(x), 144).min() > 0
 
 
-def test_samples_lie_on_the_8bit_grid_and_the_seed_fixes_them():
+def test_samples_lie_on_the_8bit_grid_and_the_seed_fixes_them(small):
     model = small()
     a = model.sample(3, generator=torch.Generator().manual_seed(5))
     b = model.sample(3, generator=torch.Generator().manual_seed(5))
@@ -69,7 +85,7 @@ def test_samples_lie_on_the_8bit_grid_and_the_seed_fixes_them():
 
 
 @pytest.mark.parametrize("n_classes", [0, 4])
-def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(n_classes):
+def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(small, n_classes):
     model = small(n_classes=n_classes)
     noise, cond = model.draw_noise(4, torch.Generator().manual_seed(11))
     fast = model.sample_from_noise(noise.double(), 0.9, cond, fast=True)
@@ -78,7 +94,7 @@ def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(n_classes):
 
 
 @pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])
-def test_drawing_a_row_at_a_time_draws_the_same_pixels(image_shape):
+def test_drawing_a_row_at_a_time_draws_the_same_pixels(small, image_shape):
     """What the event stream of samples does: each row drawn given the rows before, stopping after it."""
     model = small(n_classes=3, image_shape=image_shape)
     noise, cond = model.draw_noise(3, torch.Generator().manual_seed(5))
@@ -93,7 +109,7 @@ def test_drawing_a_row_at_a_time_draws_the_same_pixels(image_shape):
     assert torch.equal(drawn, whole)
 
 
-def test_a_sample_does_not_depend_on_its_batch():
+def test_a_sample_does_not_depend_on_its_batch(small):
     model = small()
     noise, _ = model.draw_noise(4, torch.Generator().manual_seed(2))
     together = model.sample_from_noise(noise.double())
@@ -101,7 +117,7 @@ def test_a_sample_does_not_depend_on_its_batch():
     assert torch.equal(together[2:3], alone)
 
 
-def test_complete_keeps_the_known_pixels_and_samples_the_rest():
+def test_complete_keeps_the_known_pixels_and_samples_the_rest(small):
     model = small()
     x = (torch.rand(2, 1, 12, 12, dtype=torch.double) * 255).round() / 255
     known = torch.zeros(2, 1, 12, 12, dtype=torch.bool)
@@ -113,7 +129,7 @@ def test_complete_keeps_the_known_pixels_and_samples_the_rest():
     assert torch.equal(out, naive)
 
 
-def test_class_posterior_is_bayes_rule_on_the_known_rows():
+def test_class_posterior_is_bayes_rule_on_the_known_rows(small):
     model = small(n_classes=3)
     x = (torch.rand(2, 1, 12, 12, dtype=torch.double) * 255).round() / 255
     everything = torch.ones(2, 1, 12, 12, dtype=torch.bool)
@@ -135,7 +151,7 @@ def test_class_posterior_is_bayes_rule_on_the_known_rows():
     assert torch.allclose(model.class_posterior(x, torch.zeros_like(top)), uniform)
 
 
-def test_a_completion_without_class_takes_it_from_the_known_pixels():
+def test_a_completion_without_class_takes_it_from_the_known_pixels(small):
     model = small(n_classes=3)
     x = (torch.rand(64, 1, 12, 12, dtype=torch.double) * 255).round() / 255
     known = torch.zeros(64, 1, 12, 12, dtype=torch.bool)
@@ -153,7 +169,7 @@ def test_a_completion_without_class_takes_it_from_the_known_pixels():
     assert torch.equal(out, model.sample_from_noise(noise, cond=cond, x=x[:2], known_mask=known[:2]))
 
 
-def test_low_temperature_concentrates_on_the_mode():
+def test_low_temperature_concentrates_on_the_mode(small):
     model = small()
     noise, _ = model.draw_noise(2, torch.Generator().manual_seed(0))
     cold = model.sample_from_noise(noise.double(), temperature=1e-3)
@@ -165,4 +181,25 @@ def test_low_temperature_concentrates_on_the_mode():
 def test_config_is_validated():
     with pytest.raises(ValueError):
         PixelCNN(PixelCNNConfig(kernel_size=4))
+    with pytest.raises(ValueError):
+        PixelRNNConfig(first_kernel=4)
     assert math.isclose(float(PixelCNN.bits_per_dim(torch.tensor(-784 * math.log(2)), 784)), 1.0)
+
+
+def test_the_row_lstm_sees_a_triangle_above_each_pixel():
+    """The state-to-state convolution widens the context by a column per row upwards, so pixels
+    far up to the right are seen, beyond the first layer's kernel; just outside the triangle, not."""
+    model = pixelrnn()
+    x = torch.rand(1, 1, 12, 12, dtype=torch.double, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x)[0, 0, :, 8, 2].sum(), x)
+    assert grad[0, 0, 2, 8].abs() > 0  # six rows up, six columns right: beyond the 5x5 first kernel
+    assert grad[0, 0, 6, 7] == 0  # two rows up, five right: outside the triangle and the kernel
+
+
+def test_the_incremental_sampler_refuses_to_go_back():
+    model = pixelrnn()
+    sampler = model.incremental_sampler(None)
+    out = torch.zeros(1, 1, 12, 12, dtype=torch.double)
+    sampler.logits(out, 0, 3)
+    with pytest.raises(ValueError):
+        sampler.logits(out, 0, 3)
