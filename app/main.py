@@ -27,8 +27,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 DOCS_PATH, DOCS_ASSETS = "/docs", "/docs/assets"  # Swagger UI from the swagger-ui-bundle wheel: no CDN
 
 DESCRIPTION = """
-Trained image generators over HTTP: a class-conditional **PixelCNN**, a **VAE** and a **DCGAN**
-on Fashion-MNIST.
+Trained image generators over HTTP: a class-conditional **PixelCNN** and **PixelRNN**, a **VAE**
+and a **DCGAN** on Fashion-MNIST. What each model can do is in its `capabilities`.
 
 * Image endpoints answer `image/png` (a grid, 2 px padding) or, with `?format=json`, the images
   one by one in base64 with the seed and the latents.
@@ -37,8 +37,8 @@ on Fashion-MNIST.
   model card) or `{"image": "<base64 PNG>"}` (the VAE encoder's mean; for the DCGAN, its projection:
   100 deterministic optimiser steps through the generator).
 * Explore: `traverse` walks latent dimensions or toward a latent; `?format=gif` animates an
-  interpolation or a one-axis traversal; `Accept: text/event-stream` on samples streams a PixelCNN
-  row by row as Server-Sent Events.
+  interpolation or a one-axis traversal; `Accept: text/event-stream` on samples streams an
+  autoregressive model (PixelCNN, PixelRNN) row by row as Server-Sent Events.
 * Seeds: image i of a request with seed s is the image of `{"seed": s + i}`; the `X-Seed` header
   says which seed was used. The same request gives the same bytes.
 * Uploads: PNG or JPEG up to 1 MiB, converted to the model's channels and resized to its size.

@@ -8,6 +8,10 @@ time to sample 16 images with the naive sampler (the whole network per pixel) an
 one, and whether both drew the same pixels; the time of the exact likelihood per image (the
 marginal over the classes, as `POST .../likelihood` computes it without a class). Prints one JSON
 line per model and a Markdown table.
+
+The shipped models differ in size, so the last lines time a training step of each family at the
+other's parameter count too (`--match-sizes`: fresh weights, each config's width scaled until
+the parameter counts meet), which tells the architectures' cost apart from their sizes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import build_model, load_checkpoint
 from models.data import load_dataset, to_float
 
 TRAIN_BATCH = 64
@@ -78,6 +82,19 @@ def measure(path: Path, device: str, train_steps: int, n_samples: int, repeats: 
     }
 
 
+def parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resized(model: torch.nn.Module, target: int) -> torch.nn.Module:
+    """A fresh module of `model`'s family whose `channels` are scaled so that its parameter count
+    comes closest to `target`."""
+    config = {**vars(model.config), "image_shape": list(model.config.image_shape)}
+    sizes = {c: parameters(build_model(model.family, {**config, "channels": c}, "meta")) for c in range(4, 257, 2)}
+    channels = min(sizes, key=lambda c: abs(sizes[c] - target))
+    return build_model(model.family, {**config, "channels": channels})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.autoregressive", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--match-sizes", action="store_true",
+                        help="also time a training step of each family at the other's parameter count")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"device {args.device}, {args.threads} threads, torch {torch.__version__}", flush=True)
@@ -101,6 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"| {r['model']} | {r['parameters']:,} | {r['train_epoch_min']} | {r['test_bits_per_dim']} | "
               f"{r[f'sample_{n}_naive_s']} | {r[f'sample_{n}_cached_s']} | {r['likelihood_ms_per_image']} |")
+    if args.match_sizes:
+        models = [load_checkpoint(path, args.device)[0] for path in args.weights]
+        test = load_dataset("fashion-mnist", "test", limit=TRAIN_BATCH)
+        x, y = to_float(test.images).to(args.device), test.labels.to(args.device)
+        print("\n| family | channels | parameters | training (min/epoch) |\n| --- | --- | --- | --- |")
+        for target in models:
+            for model in models:
+                sized = model if model is target else resized(model, parameters(target)).to(args.device)
+                minutes = training_step_seconds(sized, x, y, args.train_steps) * EPOCH_BATCHES / 60
+                print(f"| {sized.family} | {sized.config.channels} | {parameters(sized):,} | {minutes:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
