@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on the test split and write the figures into its card.
 
-    python -m models.evaluate weights/pixelcnn      # test NLL (bits/dim) + sample quality
+    python -m models.evaluate weights/pixelcnn      # test NLL (bits/dim) + sample quality (PixelRNN too)
     python -m models.evaluate weights/vae           # test ELBO (nats, bits/dim) + sample quality
     python -m models.evaluate weights/dcgan         # sample quality + class latents
     python -m models.evaluate weights/classifier    # test accuracy
@@ -9,10 +9,11 @@
 Sample quality is measured in the feature space of the small classifier in `weights/classifier`
 (trained by `python -m models.train classifier`): the Frechet distance between generated samples
 and the test images, the same distance between the test and the train images (the floor a
-perfect generator would reach), and the classes the classifier gives the samples. For a
-class-conditional PixelCNN it also completes test images from their top half and checks that the
-completions keep their class. For VAE and DCGAN it also stores each class's mean latent in the
-card, for `{"class": ...}` latents.
+perfect generator would reach), and the classes the classifier gives the samples. What is
+measured follows what the family declares: the likelihood where it has one (exact, or the bound),
+completions of test images from their top half for a class-conditional model that completes
+(do they keep their class?), and each class's mean latent in the card for latent models, for
+`{"class": ...}` latents.
 """
 
 from __future__ import annotations
