@@ -19,6 +19,7 @@ from models.checkpoint import FAMILIES, CheckpointError, load_checkpoint, read_c
 
 log = logging.getLogger("genserve.registry")
 
+
 class UnknownModel(KeyError):
     pass
 
