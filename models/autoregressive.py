@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def softmax_head(channels: int, head_channels: int, image_channels: int, levels: int) -> nn.Sequential:
+    """Features [B, channels, H, W] -> `levels` logits per sub-pixel, [B, image_channels * levels, H, W]."""
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
+                         nn.Conv2d(head_channels, image_channels * levels, 1))
+
+
 class AutoregressiveModel(nn.Module):
     """Subclasses set `config.image_shape`, `config.levels`, `config.n_classes` (0: unconditional)."""
 
@@ -44,6 +50,12 @@ class AutoregressiveModel(nn.Module):
         """An object whose `logits(out, i, j)` [B, C, levels] equal `self(out, cond)[..., i, j]`,
         called in raster order with every pixel before (i, j) of `out` final."""
         raise NotImplementedError
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """`self.head` (a `softmax_head`) on features -> logits [B, C, levels, H, W]."""
+        logits = self.head(h)
+        b, _, height, width = logits.shape
+        return logits.view(b, self.config.image_shape[0], self.config.levels, height, width)
 
     def _check_cond(self, cond: torch.Tensor | None) -> None:
         if self.config.n_classes and cond is None:

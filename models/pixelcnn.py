@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.autoregressive import AutoregressiveModel
+from models.autoregressive import AutoregressiveModel, softmax_head
 from models.layers import GatedBlock
 
 
@@ -47,12 +47,7 @@ class PixelCNN(AutoregressiveModel):
                        first=(i == 0), n_classes=config.n_classes)
             for i in range(config.n_layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(config.channels, config.head_channels, 1),
-            nn.ReLU(),
-            nn.Conv2d(config.head_channels, c_img * config.levels, 1),
-        )
+        self.head = softmax_head(config.channels, config.head_channels, c_img, config.levels)
 
     # -- the network -------------------------------------------------------------------------
 
@@ -69,9 +64,7 @@ class PixelCNN(AutoregressiveModel):
         h = x
         for block, from_vertical, bias in zip(self.blocks, contributions, biases):
             h = block.horizontal(h, from_vertical, bias)
-        logits = self.head(h)
-        b, _, height, width = logits.shape
-        return logits.view(b, self.config.image_shape[0], self.config.levels, height, width)
+        return self._logits(h)
 
     def _biases(self, cond: torch.Tensor | None) -> list:
         self._check_cond(cond)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.autoregressive import AutoregressiveModel
+from models.autoregressive import AutoregressiveModel, softmax_head
 
 
 @dataclass
@@ -90,20 +90,10 @@ class PixelRNN(AutoregressiveModel):
         mask[k // 2 + 1:] = 0  # ... and every row below
         self.register_buffer("first_mask", mask, persistent=False)
         self.layers = nn.ModuleList(RowLSTM(config.channels, config.n_classes) for _ in range(config.n_layers))
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(config.channels, config.head_channels, 1),
-            nn.ReLU(),
-            nn.Conv2d(config.head_channels, c_img * config.levels, 1),
-        )
+        self.head = softmax_head(config.channels, config.head_channels, c_img, config.levels)
 
     def _first_weight(self) -> torch.Tensor:
         return self.first.weight * self.first_mask
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.head(h)
-        b, _, height, width = logits.shape
-        return logits.view(b, self.config.image_shape[0], self.config.levels, height, width)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x: float [B, C, H, W] in [0, 1] -> logits [B, C, levels, H, W] of p(x_i | x_<i)."""

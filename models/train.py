@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         save(final_of_epoch=True)
         last_save = time.monotonic()
     # Parts that gradients do not train (a VAE's mixture prior) are fitted once training is done.
-    fit_after_training = getattr(trainer.export(), "fit_after_training", None)
+    # The trained module itself: a trainer's export() may do work of its own (a GAN's batchnorm).
+    fit_after_training = getattr(model, "fit_after_training", None)
     if is_main and fit_after_training is not None and progress["epoch"] >= args.epochs:
         fitted = fit_after_training(train.images, quiet=args.quiet)
         if fitted:
