@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(2 * MiB, ge=1, description="largest request body; more is answered 413")
 
     # The inference worker.
-    batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests to merge")
+    batch_wait_ms: float = Field(0.0, ge=0, description="how long a pass may wait for more requests to merge, "
+                                 "and only while others are in the server on their way to the queue (0: a pass "
+                                 "takes what is queued when the worker is free)")
     max_batch: int = Field(64, ge=1, description="most images in one merged forward pass")
     queue_size: int = Field(256, ge=1, description="most requests waiting; more are answered 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
@@ -57,6 +59,8 @@ class Settings(BaseSettings):
     graceful_timeout_s: float | None = Field(
         None, gt=0, description="after SIGTERM, how long in-flight requests may take to finish "
         "(default: request_timeout_s + 5, so that any request still answered in time is)")
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools", description="uvicorn's HTTP/1.1 parser: httptools (C, the faster) or h11 (pure Python)")
     # The server's guard against slow or idle clients (uvicorn, see app/server.py).
     keep_alive_s: int = Field(75, ge=1, description="how long an idle keep-alive connection stays open; longer "
                               "than clients keep idle connections (httpx 5 s, nginx 60 s), so that the client, not "

