@@ -23,7 +23,7 @@ image-test: setup-dev
 
 # Reproduce the shipped weights (hours on a CPU; see the cards for the commands and times).
 train-all: setup
-	for m in classifier dcgan vae pixelcnn; do $(VENV)/bin/python -m models.train $$m --resume || exit 1; done
+	for m in classifier dcgan vae pixelcnn pixelrnn; do $(VENV)/bin/python -m models.train $$m --resume || exit 1; done
 
 evaluate-all: setup
-	$(VENV)/bin/python -m models.evaluate weights/classifier weights/pixelcnn weights/vae weights/dcgan
+	$(VENV)/bin/python -m models.evaluate weights/classifier weights/pixelcnn weights/pixelrnn weights/vae weights/dcgan
