@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker.start()
         yield
         await run_in_threadpool(worker.stop)
+        # An app started and stopped inside a longer-lived process (the tests, an embedding) leaves
+        # its cycles to the collector again.
+        gc.unfreeze()
 
     # docs_url=None: FastAPI's own /docs loads Swagger UI from a CDN, and ReDoc has no local assets.
     app = FastAPI(title="genserve", version="1", description=DESCRIPTION, lifespan=lifespan,

@@ -4,6 +4,7 @@ and loading: /readyz before start-up, failed checkpoints, skipped families, abse
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 
 import pytest
@@ -78,6 +79,14 @@ async def test_the_window_waits_while_another_request_is_on_its_way(weights_dir)
         text = await _metrics(client)
         assert metric(text, "genserve_batch_requests_count") == 1
         assert metric(text, "genserve_batch_images_sum") == 2
+
+
+async def test_the_loaded_heap_is_frozen_while_serving(weights_dir):
+    # Out of the collector's reach: a full collection over it stalled every request (the p99).
+    async with serving(weights_dir) as client:
+        assert gc.get_freeze_count() > 50_000  # torch, the models, FastAPI
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
+    assert gc.get_freeze_count() == 0  # stopped: its cycles are collectable again
 
 
 async def test_channels_last_changes_no_image_and_leaves_pixelcnn_alone(weights_dir):
