@@ -29,7 +29,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app.config import Settings
 
 HEADERS, BODY = "headers", "body"
-PROTOCOLS = {}  # http_parser setting -> protocol class, filled below
 
 
 class _Deadlines:
@@ -37,17 +36,27 @@ class _Deadlines:
     `header_timeout_s` of the connection's opening or of the request's first byte, and its body
     within `body_timeout_s` of the headers. A connection past one is closed, with a 408 when the
     app has not begun on the request. Each deadline is for the whole phase: a client trickling a
-    byte at a time does not renew it. The parser's side calls `_set_phase` as the request moves."""
+    byte at a time does not renew it. The parser's side calls `_set_phase` as the request moves;
+    a connection starts in the headers phase."""
 
     header_timeout_s: float | None = None  # None: the GENSERVE_* settings of this process
     body_timeout_s: float | None = None
     max_header_bytes: int | None = None
 
-    def _init_deadlines(self) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         if self.header_timeout_s is None or self.body_timeout_s is None or self.max_header_bytes is None:
             self.header_timeout_s, self.body_timeout_s, self.max_header_bytes = _limits_from_environment()
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._set_phase(HEADERS)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._set_phase(None)
+        super().connection_lost(exc)
 
     def _set_phase(self, phase: str | None) -> None:
         if phase == self._phase:
@@ -82,12 +91,7 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_deadlines()
         self._header_bytes = 0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)
-        self._set_phase(HEADERS)
 
     def data_received(self, data: bytes) -> None:
         counted = self._phase == HEADERS
@@ -117,21 +121,9 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         super().on_message_complete()
         self._set_phase(None)  # the request is in: the app works on it, then the connection idles
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._set_phase(None)
-        super().connection_lost(exc)
-
 
 class GuardedH11Protocol(_Deadlines, H11Protocol):
     """uvicorn's h11 protocol with the read deadlines (h11 bounds the headers itself)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_deadlines()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)
-        self._set_phase(HEADERS)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -140,10 +132,6 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._watch()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._set_phase(None)
-        super().connection_lost(exc)
 
     def _watch(self) -> None:
         """The phase the connection is now in, from h11's view of the client's side."""
@@ -156,7 +144,7 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
             self._set_phase(None)
 
 
-PROTOCOLS.update(httptools=GuardedHttpToolsProtocol, h11=GuardedH11Protocol)
+PROTOCOLS = {"httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}  # by Settings.http_parser
 
 
 @functools.cache
@@ -184,8 +172,9 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
 def uvicorn_flags(settings: Settings) -> str:
     """The settings above as `uvicorn` command-line flags, for the container's multi-worker command
     (`uvicorn ... $(python -m app.server)`), so that it serves with the same guards."""
-    return (f"--http app.server:{PROTOCOLS[settings.http_parser].__name__} --timeout-graceful-shutdown {round(settings.shutdown_grace_s)} "
-            f"--timeout-keep-alive {settings.keep_alive_s} --limit-concurrency {settings.max_connections} "
+    return (f"--http app.server:{PROTOCOLS[settings.http_parser].__name__} "
+            f"--timeout-graceful-shutdown {round(settings.shutdown_grace_s)} --timeout-keep-alive {settings.keep_alive_s} "
+            f"--limit-concurrency {settings.max_connections} "
             f"--h11-max-incomplete-event-size {settings.max_header_bytes}")
 
 

@@ -65,7 +65,8 @@ def test_connections_stalled_in_their_headers_or_body_are_answered_408_and_close
 
 @PARSERS
 def test_a_request_trickled_byte_by_byte_does_not_renew_the_header_deadline(serve, parser):
-    with serve(header_timeout_s=1, http_parser=parser) as server, socket.create_connection(server.address, timeout=60) as conn:
+    with (serve(header_timeout_s=1, http_parser=parser) as server,
+          socket.create_connection(server.address, timeout=60) as conn):
         started = time.monotonic()
         try:
             for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
