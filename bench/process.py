@@ -59,9 +59,11 @@ def start_server(weights_dir: Path, log: Path, **settings) -> Server:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "GENSERVE_WEIGHTS_DIR": str(weights_dir),
            **{f"GENSERVE_{key.upper()}": str(value) for key, value in settings.items()}}
+    # Its own session, as a deployed server (and bench.peers' LitServe) runs: with Linux's scheduler
+    # autogroups a server in the load generator's session would share that client's CPU share.
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
