@@ -20,7 +20,7 @@ from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimit, RequestMetrics, SecurityHeaders
-from app.registry import Registry, freeze_heap, resolve_device
+from app.registry import Registry, resolve_device
 from app.routes import admin, generate, health, images, models, oip
 from app.worker import Worker
 
@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads())
         await run_in_threadpool(registry.load)
-        freeze_heap()
         worker.start()
         yield
         await run_in_threadpool(worker.stop)

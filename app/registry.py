@@ -164,9 +164,11 @@ class Registry:
         self._loading = threading.Lock()
 
     def load(self) -> None:
-        """Load every servable checkpoint; swap the new set in at once so readers never see half."""
+        """Load every servable checkpoint; swap the new set in at once so readers never see half;
+        then freeze the heap, the new models with the rest."""
         with self._loading:
             self._load()
+            freeze_heap()
 
     def _load(self) -> None:
         models, failed = {}, {}

@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from app.registry import freeze_heap
 from app.routes.deps import SettingsDep
 from app.routes.health import readiness
 from app.schemas import ErrorDetail, Readiness
@@ -36,6 +35,5 @@ async def reload(request: Request) -> JSONResponse:
     """Load the weights directory again (say after new weights land); requests in flight finish on
     the models they started with. Answers like /readyz."""
     await run_in_threadpool(request.app.state.registry.load)
-    freeze_heap()  # the new models with the rest
     ready, body = readiness(request)
     return JSONResponse(body, status_code=200 if ready else 503)
