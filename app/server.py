@@ -8,6 +8,8 @@ them would hold the server's connections forever (slowloris). `GuardedHttpToolsP
 client_body_timeout, and the httptools one the header size limit that uvicorn gives only h11
 (`max_header_bytes`: 431, as nginx's large_client_header_buffers).
 
+Each connection's transport is a `CoalescingTransport`: a response leaves in one send(), not two.
+
 httptools is the default parser: its C parser takes about 12 % off the server's CPU per request
 at concurrency 32 against h11's pure Python (docs/benchmarks.md); `http_parser=h11` remains.
 `genserve serve` builds it from its settings (`uvicorn_config`). Under the uvicorn command (say
@@ -31,6 +33,67 @@ from app.config import Settings
 HEADERS, BODY = "headers", "body"
 
 
+class CoalescingTransport:
+    """A connection's transport whose writes of one event-loop turn leave as one write.
+
+    uvicorn writes a response's status line and headers, then its body, each with its own write,
+    so each response is two send() calls and two TCP segments, and a client is woken, reads and
+    parses twice per response. Held to the end of the turn, they leave together: at concurrency 32
+    with a shared httpx pool this took the client's CPU per request from 5.8 to 4.8 ms and the
+    server's from 4.1 to 3.6 ms, 1.22x the requests/s (docs/benchmarks.md). A write that brings
+    `HOLD_BYTES` or more is sent at once, so that a large streamed body still meets the
+    transport's flow control; closing sends what is held first, aborting drops it.
+    """
+
+    HOLD_BYTES = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= self.HOLD_BYTES:
+            self._flush()
+
+    def writelines(self, chunks) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        if not self._transport.is_closing():  # a connection the peer closed takes nothing more
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._held_bytes = 0
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._held_bytes
+
+    def __getattr__(self, name: str):  # the rest (reading, flow control, extra info) is the transport's
+        return getattr(self._transport, name)
+
+
 class _Deadlines:
     """The read deadlines of a uvicorn protocol: a request's headers must be in within
     `header_timeout_s` of the connection's opening or of the request's first byte, and its body
@@ -51,7 +114,7 @@ class _Deadlines:
         self._phase: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._set_phase(HEADERS)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import math
+import socket
+import struct
 from contextlib import asynccontextmanager
 
 import httpx
@@ -83,3 +85,11 @@ def encode_png(array: np.ndarray, **params) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", **params)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+TCPI_DATA_SEGS_IN = 152  # offset of tcpi_data_segs_in in Linux's struct tcp_info (Linux 4.6+)
+
+
+def data_segments_in(conn: socket.socket) -> int:
+    """The segments with data that the TCP socket `conn` has received (Linux only)."""
+    return struct.unpack_from("I", conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), TCPI_DATA_SEGS_IN)[0]

@@ -4,7 +4,9 @@ wire, a client that hangs up, and the `genserve` command line as a client of tha
 from __future__ import annotations
 
 import base64
+import re
 import socket
+import sys
 import threading
 import time
 
@@ -12,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from apptest import encode_png, grid_shape, metric, png
+from apptest import data_segments_in, encode_png, grid_shape, metric, png
 from app.cli import main as genserve
 
 SHIRT = encode_png(np.full((28, 28), 128, np.uint8))
@@ -61,6 +63,29 @@ def test_declared_length_over_the_limit_is_413_before_the_body(server):
         conn.sendall(b"POST /v1/models/vae/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 3145728\r\n\r\n{")
         assert conn.recv(200).startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts segments with Linux's TCP_INFO")
+def test_each_response_reaches_the_client_as_one_segment(server):
+    """Status line, headers and body in one write (app.server.CoalescingTransport), request after
+    request on a kept-alive connection."""
+    body = b'{"n": 1, "seed": 3}'
+    request = (b"POST /v1/models/dcgan/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        for _ in range(3):
+            before = data_segments_in(conn)
+            conn.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            head, _, data = head.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+            while len(data) < length:
+                data += conn.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 ") and data.startswith(b"\x89PNG")
+            assert data_segments_in(conn) - before == 1
 
 
 def test_a_client_that_hangs_up_leaves_no_work_behind(patient_server):
