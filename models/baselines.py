@@ -2,15 +2,19 @@
 
     python -m models.baselines dcgan --minutes 45     # pytorch/examples' DCGAN, natively 28x28
     python -m models.baselines vae --minutes 10       # pytorch/examples' MLP VAE (784-400-20)
-    python -m models.evaluate runs/baselines/dcgan runs/baselines/vae   # score them
+    python -m models.baselines pixelcnn --minutes 29 --threads 2   # jzbontar/pixelcnn-pytorch
+    python -m models.evaluate runs/baselines/dcgan runs/baselines/vae runs/baselines/pixelcnn   # score them
 
 Each recipe is written as its example writes it (architecture, initialisation, optimiser, loss,
 batch size) so that the comparison in docs/quality.md is reproducible here. The budget counts the
 training loop's own CPU time divided by its threads: on a quiet machine that is the wall-clock
 time, and on a shared one wall-clock time would hand the recipe less compute than it had.
-At the end the recipe writes `samples.safetensors` (10,000 uint8 images from fixed seeds), a
-grid of the first 64, and `baseline.json` (the recipe, budget, epochs and steps done), which
-`models.evaluate` scores in the same feature space as the shipped models.
+At the end the recipe writes `baseline.json` (the recipe, budget, epochs and steps done) and what
+`models.evaluate` scores: for a recipe that samples at once, `samples.safetensors` (10,000 uint8
+images from fixed seeds) and a grid of the first 64, scored in the same feature space as the
+shipped models; for an explicit density (`exact_likelihood`), whose samples take one pass of the
+whole network per pixel, its weights (`weights.safetensors`, tensors only), scored by its test
+bits/dim as the shipped PixelCNN and PixelRNN are.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import time
 from pathlib import Path
 
@@ -27,11 +32,13 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from models.checkpoint import sha256_file
 from models.data import load_dataset, to_float
 from models.grid import save_grid
 
 BASELINE_FILE = "baseline.json"
 SAMPLES_FILE = "samples.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
 
 
 class BaselineDCGAN(nn.Module):
@@ -41,6 +48,7 @@ class BaselineDCGAN(nn.Module):
     recipe = ("pytorch/examples dcgan at native 28x28: G 100-128x7x7-64x14x14-1x28x28, "
               "D 1-64-128-1, BCE, Adam 2e-4 beta1 0.5, batch 64")
     batch_size, lr, betas, latent_dim = 64, 2e-4, (0.5, 0.999), 100
+    exact_likelihood = False  # scored by its samples
 
     def __init__(self, width: int = 64):
         super().__init__()
@@ -93,6 +101,7 @@ class BaselineVAE(nn.Module):
 
     recipe = "pytorch/examples vae: MLP 784-400-20-400-784, Bernoulli decoder (BCE), Adam 1e-3, batch 128"
     batch_size, lr, latent_dim = 128, 1e-3, 20
+    exact_likelihood = False
 
     def __init__(self):
         super().__init__()
@@ -122,7 +131,58 @@ class BaselineVAE(nn.Module):
         return torch.sigmoid(self.decode_logits(z)).view(n, 1, 28, 28)
 
 
-RECIPES = {"dcgan": BaselineDCGAN, "vae": BaselineVAE}
+class MaskedConv2d(nn.Conv2d):
+    """The recipe's masked convolution: a pixel sees the rows above it and the pixels to its left,
+    and with mask "B" (every layer but the first) its own position's features too."""
+
+    def __init__(self, mask_type: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        mask = torch.ones_like(self.weight)
+        _, _, height, width = mask.shape
+        mask[:, :, height // 2, width // 2 + (mask_type == "B"):] = 0
+        mask[:, :, height // 2 + 1:] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+class BaselinePixelCNN(nn.Module):
+    """jzbontar/pixelcnn-pytorch, the PixelCNN most often copied: eight 7x7 masked convolutions of
+    64 maps (A, then seven B), each with batchnorm and ReLU, a 1x1 convolution to 256 gray levels,
+    cross-entropy over the images' gray levels, Adam 1e-3, batch 128."""
+
+    recipe = ("jzbontar/pixelcnn-pytorch: 8 masked 7x7 convs (A, then 7 B), 64 maps, batchnorm, ReLU, "
+              "1x1 conv to 256 levels, cross-entropy, Adam 1e-3, batch 128")
+    batch_size, lr, width, n_layers = 128, 1e-3, 64, 8
+    exact_likelihood = True
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(self.n_layers):
+            layers += [MaskedConv2d("A" if i == 0 else "B", 1 if i == 0 else self.width, self.width, 7, 1, 3,
+                                    bias=False), nn.BatchNorm2d(self.width), nn.ReLU(True)]
+        self.net = nn.Sequential(*layers, nn.Conv2d(self.width, 256, 1))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def pixel_nll(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float [B, 1, H, W] in [0, 1] -> nats [B, H, W] of each pixel given those before it."""
+        return F.cross_entropy(self.net(x), x[:, 0].mul(255).round().long(), reduction="none")
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Nats per image, as the shipped models' `nll` (models.evaluate.likelihood calls it)."""
+        return self.pixel_nll(x).flatten(1).sum(1)
+
+    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict:
+        loss = self.pixel_nll(x).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"bits_per_dim": loss.item() / math.log(2)}
+
+
+RECIPES = {"dcgan": BaselineDCGAN, "vae": BaselineVAE, "pixelcnn": BaselinePixelCNN}
 
 
 def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed: int = 0, n_samples: int = 10000,
@@ -154,11 +214,17 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
                 break
         epochs = steps / steps_per_epoch
     bar.close()
-    samples = torch.cat([model.sample(500, torch.Generator().manual_seed(seed + start))
-                         for start in range(0, n_samples, 500)])[:n_samples]
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"samples": samples.clamp(0, 1).mul(255).round().to(torch.uint8)}, str(out / SAMPLES_FILE))
-    save_grid(samples[:64], out / "samples.png", nrow=8)
+    scored_by: dict = {}
+    if model.exact_likelihood:
+        save_file({key: t.contiguous() for key, t in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+        scored_by["weights_sha256"] = sha256_file(out / WEIGHTS_FILE)  # evaluation checks it before loading
+        n_samples = 0
+    else:
+        samples = torch.cat([model.sample(500, torch.Generator().manual_seed(seed + start))
+                             for start in range(0, n_samples, 500)])[:n_samples]
+        save_file({"samples": samples.clamp(0, 1).mul(255).round().to(torch.uint8)}, str(out / SAMPLES_FILE))
+        save_grid(samples[:64], out / "samples.png", nrow=8)
     record = {
         "baseline": name,
         "recipe": model.recipe,
@@ -170,6 +236,7 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
         "epochs": round(epochs, 2),
         "train_images": len(train),
         "samples": n_samples,
+        **scored_by,
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {},
     }

@@ -28,8 +28,8 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from models.baselines import BASELINE_FILE, SAMPLES_FILE
-from models.checkpoint import load_checkpoint, update_card
+from models.baselines import BASELINE_FILE, RECIPES, SAMPLES_FILE, WEIGHTS_FILE
+from models.checkpoint import CheckpointError, load_checkpoint, sha256_file, update_card
 from models.data import ImageDataset, load_dataset, to_float
 from models.latent import LatentModel
 
@@ -208,12 +208,22 @@ def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name
 
 
 def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, limit: int | None = None,
-                      device: str = "cpu", data_dir: str | None = None) -> dict:
-    """Score the samples a `models.baselines` run wrote, into its baseline.json."""
+                      device: str = "cpu", data_dir: str | None = None, quiet: bool = False) -> dict:
+    """Score what a `models.baselines` run wrote, into its baseline.json: its samples, or for an
+    explicit density its test likelihood (the recipe rebuilt from code, its tensors loaded)."""
     record = json.loads((path / BASELINE_FILE).read_text())
-    samples, dataset = samples_of(path)
-    classifier, _ = load_checkpoint(classifier_path, device)
-    record["metrics"] = sample_quality(samples, classifier, classifier_path.name, dataset, data_dir, limit)
+    recipe = RECIPES[record["baseline"]]
+    if recipe.exact_likelihood:
+        if sha256_file(path / WEIGHTS_FILE) != record["weights_sha256"]:
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: its sha256 is not the one {BASELINE_FILE} recorded")
+        model = recipe().to(device)
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=device))  # names and shapes: strict
+        test = load_dataset("fashion-mnist", "test", data_dir, limit=limit)
+        record["metrics"] = likelihood(model.eval(), test, 100, quiet)
+    else:
+        samples, dataset = samples_of(path)
+        classifier, _ = load_checkpoint(classifier_path, device)
+        record["metrics"] = sample_quality(samples, classifier, classifier_path.name, dataset, data_dir, limit)
     (path / BASELINE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record["metrics"]
 
@@ -221,6 +231,8 @@ def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, li
 def samples_of(path: Path, n: int | None = None, device: str = "cpu", quiet: bool = False) -> tuple[torch.Tensor, str]:
     """(float samples, dataset) of a checkpoint, drawn as evaluation draws them, or of a baseline run."""
     if (path / BASELINE_FILE).is_file():
+        if not (path / SAMPLES_FILE).is_file():
+            raise ValueError(f"{path}: this baseline is an explicit density, scored by its likelihood, not by samples")
         return to_float(load_file(str(path / SAMPLES_FILE))["samples"]), "fashion-mnist"
     model, card = load_checkpoint(path, device)
     return draw_samples(model, n, quiet), card["dataset"]
@@ -236,7 +248,7 @@ def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
 def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
              limit: int | None = None, device: str = "cpu", quiet: bool = False, data_dir: str | None = None) -> dict:
     if (path / BASELINE_FILE).is_file():
-        return evaluate_baseline(path, classifier_path, limit, device, data_dir)
+        return evaluate_baseline(path, classifier_path, limit, device, data_dir, quiet)
     model, card = load_checkpoint(path, device)
     test = load_dataset(card["dataset"], "test", data_dir, limit=limit)
     metrics: dict = {}

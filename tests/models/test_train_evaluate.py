@@ -1,13 +1,14 @@
 """Tiny real training runs on a slice of Fashion-MNIST, through the training module's CLI entry."""
 
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from models import baselines, evaluate, train
-from models.checkpoint import load_checkpoint, read_card
+from models.checkpoint import CheckpointError, load_checkpoint, read_card
 from models.data import load_dataset, to_float
 
 TINY = {
@@ -149,3 +150,33 @@ def test_baseline_recipes_write_samples_that_evaluate_scores(tmp_path):
         metrics = evaluate.evaluate(out, classifier, limit=200)
         assert metrics["frechet_distance"] > metrics["frechet_distance_test_vs_train"] >= 0
         assert json.loads((out / baselines.BASELINE_FILE).read_text())["metrics"] == metrics
+
+
+def test_the_pixelcnn_baseline_is_scored_by_its_test_likelihood(tmp_path):
+    """An explicit density writes its tensors, not samples; evaluation rebuilds the recipe from
+    code, checks the file's sha256, and scores its exact test bits/dim."""
+    out = tmp_path / "baselines" / "pixelcnn"
+    record = baselines.train_baseline("pixelcnn", minutes=0.02, out=out, limit=256, quiet=True)
+    assert record["steps"] >= 1 and record["samples"] == 0 and not (out / baselines.SAMPLES_FILE).exists()
+    metrics = evaluate.evaluate(out, limit=200, quiet=True)
+    assert math.isfinite(metrics["test_bits_per_dim"]) and metrics["test_bits_per_dim"] > 0
+    assert metrics["test_nll_nats"] == pytest.approx(metrics["test_bits_per_dim"] * 784 * math.log(2), rel=1e-3)
+    assert json.loads((out / baselines.BASELINE_FILE).read_text())["metrics"] == metrics
+    with pytest.raises(ValueError, match="likelihood"):
+        evaluate.samples_of(out)
+    weights = out / baselines.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(CheckpointError, match="sha256"):
+        evaluate.evaluate(out, limit=200, quiet=True)
+
+
+def test_the_masked_convolution_sees_only_earlier_pixels():
+    """Changing one pixel changes the baseline's logits at later pixels only (mask A then B)."""
+    model = baselines.BaselinePixelCNN().eval()
+    x = torch.rand(1, 1, 28, 28)
+    changed = x.clone()
+    changed[0, 0, 10, 12] = 1 - changed[0, 0, 10, 12]
+    with torch.no_grad():
+        moved = (model.net(x) - model.net(changed)).abs().sum(1)[0] > 0
+    position = torch.arange(28 * 28).view(28, 28)
+    assert not moved[position <= 10 * 28 + 12].any() and moved.any()
