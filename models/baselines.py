@@ -215,10 +215,10 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
         epochs = steps / steps_per_epoch
     bar.close()
     out.mkdir(parents=True, exist_ok=True)
-    scored_by: dict = {}
+    weights_record: dict = {}
     if model.exact_likelihood:
         save_file({key: t.contiguous() for key, t in model.state_dict().items()}, str(out / WEIGHTS_FILE))
-        scored_by["weights_sha256"] = sha256_file(out / WEIGHTS_FILE)  # evaluation checks it before loading
+        weights_record["weights_sha256"] = sha256_file(out / WEIGHTS_FILE)  # evaluation checks it before loading
         n_samples = 0
     else:
         samples = torch.cat([model.sample(500, torch.Generator().manual_seed(seed + start))
@@ -236,7 +236,7 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
         "epochs": round(epochs, 2),
         "train_images": len(train),
         "samples": n_samples,
-        **scored_by,
+        **weights_record,
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {},
     }
