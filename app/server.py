@@ -38,11 +38,11 @@ class CoalescingTransport:
 
     uvicorn writes a response's status line and headers, then its body, each with its own write,
     so each response is two send() calls and two TCP segments, and a client is woken, reads and
-    parses twice per response. Held to the end of the turn, they leave together: at concurrency 32
-    with a shared httpx pool this took the client's CPU per request from 5.8 to 4.8 ms and the
-    server's from 4.1 to 3.6 ms, 1.22x the requests/s (docs/benchmarks.md). A write that brings
-    `HOLD_BYTES` or more is sent at once, so that a large streamed body still meets the
-    transport's flow control; closing sends what is held first, aborting drops it.
+    parses twice per response. Held to the end of the turn, they leave together, as nginx sends a
+    small answer: half the segments, and half the CPU per request of the lightest client; the
+    requests/s measured within noise (docs/benchmarks.md). A write that brings `HOLD_BYTES` or more
+    is sent at once, so that a large streamed body still meets the transport's flow control;
+    closing sends what is held first, aborting drops it.
     """
 
     HOLD_BYTES = 64 * 1024

@@ -197,7 +197,8 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
     budget_s, used_s, steps, epochs = minutes * 60, 0.0, 0, 0.0
     steps_per_epoch = len(train) // model.batch_size
     wall_start = time.monotonic()
-    bar = tqdm(total=round(budget_s), desc=f"baseline {name}", unit="cpu-s", disable=quiet, mininterval=5)
+    bar = tqdm(total=round(budget_s), desc=f"baseline {name}", unit="cpu-s", disable=quiet, mininterval=5,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} cpu-s [{elapsed}<{remaining}{postfix}]")
     while used_s < budget_s:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 7919 + int(epochs)))
         for batch in range(steps_per_epoch):

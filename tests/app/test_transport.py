@@ -16,6 +16,7 @@ from apptest import data_segments_in
 pytestmark = [pytest.mark.anyio,
               pytest.mark.skipif(sys.platform != "linux", reason="counts segments with Linux's TCP_INFO")]
 
+
 async def received(conn: socket.socket, size: int) -> bytes:
     """`size` bytes from `conn`, or fewer if it closes first."""
     loop = asyncio.get_running_loop()
