@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import evaluate
+from models import baselines, evaluate
 from models.checkpoint import load_checkpoint, sha256_file
 from models.data import FASHION_MNIST_CLASSES, load_dataset, to_float
 
@@ -121,6 +121,16 @@ def test_shipped_generators_beat_the_standard_recipe_by_half(name):
     assert card["metrics"]["frechet_distance"] <= 0.5 * baseline["metrics"]["frechet_distance"]
     assert card["metrics"]["classes_found"] == 10
     assert card["metrics"]["class_entropy_nats"] >= 2.25
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "pixelrnn"])
+def test_shipped_explicit_densities_beat_the_standard_pixelcnn(name):
+    """docs/quality.md's claim for the explicit densities: lower exact test bits/dim than
+    jzbontar/pixelcnn-pytorch (models.baselines, scored by models.evaluate on the same test split)."""
+    baseline = json.loads((DOCS / "baselines" / "pixelcnn.json").read_text())
+    _, card = load_checkpoint(WEIGHTS / name)
+    assert baseline["recipe"] == baselines.BaselinePixelCNN.recipe and baseline["samples"] == 0
+    assert card["metrics"]["test_bits_per_dim"] < baseline["metrics"]["test_bits_per_dim"]
 
 
 def test_the_vae_prior_does_not_loosen_its_bound():
