@@ -2,7 +2,7 @@
 
     python -m models.baselines dcgan --minutes 45     # pytorch/examples' DCGAN, natively 28x28
     python -m models.baselines vae --minutes 10       # pytorch/examples' MLP VAE (784-400-20)
-    python -m models.baselines pixelcnn --minutes 29 --threads 2   # jzbontar/pixelcnn-pytorch
+    python -m models.baselines pixelcnn --minutes 32.5 --threads 2   # jzbontar/pixelcnn-pytorch
     python -m models.evaluate runs/baselines/dcgan runs/baselines/vae runs/baselines/pixelcnn   # score them
 
 Each recipe is written as its example writes it (architecture, initialisation, optimiser, loss,

@@ -175,11 +175,16 @@ def _verified_files(directory: Path) -> tuple[dict, Path]:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
-    digest = sha256_file(weights)
-    if digest != card["sha256"]:
-        raise CheckpointError(f"{weights}: sha256 {digest[:12]}... does not match the card's "
-                              f"{card['sha256'][:12]}...; the file was changed or corrupted")
+    verify_sha256(weights, card["sha256"], "the card's")
     return card, weights
+
+
+def verify_sha256(path: Path, expected: str, whose: str) -> None:
+    """CheckpointError unless `path`'s sha256 is `expected` (`whose`: where it was recorded)."""
+    digest = sha256_file(path)
+    if digest != expected:
+        raise CheckpointError(f"{path}: sha256 {digest[:12]}... does not match {whose} "
+                              f"{expected[:12]}...; the file was changed or corrupted")
 
 
 def _header(weights: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, str]]:

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.baselines import BASELINE_FILE, RECIPES, SAMPLES_FILE, WEIGHTS_FILE
-from models.checkpoint import CheckpointError, load_checkpoint, sha256_file, update_card
+from models.checkpoint import load_checkpoint, update_card, verify_sha256
 from models.data import ImageDataset, load_dataset, to_float
 from models.latent import LatentModel
 
@@ -214,8 +214,7 @@ def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, li
     record = json.loads((path / BASELINE_FILE).read_text())
     recipe = RECIPES[record["baseline"]]
     if recipe.exact_likelihood:
-        if sha256_file(path / WEIGHTS_FILE) != record["weights_sha256"]:
-            raise CheckpointError(f"{path / WEIGHTS_FILE}: its sha256 is not the one {BASELINE_FILE} recorded")
+        verify_sha256(path / WEIGHTS_FILE, record["weights_sha256"], f"{BASELINE_FILE}'s")
         model = recipe().to(device)
         model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=device))  # names and shapes: strict
         test = load_dataset("fashion-mnist", "test", data_dir, limit=limit)
