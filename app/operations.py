@@ -37,8 +37,11 @@ def _encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return mean
 
 
-def _sample(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, *, temperature: float) -> torch.Tensor:
-    return module.sample_from_noise(noise, temperature, cond)
+def _sample(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, *, temperature: float,
+            on_row: Callable[[int, torch.Tensor], bool] | None = None) -> torch.Tensor:
+    """`on_row(i, images)` (the event stream) sees each finished row; a job that has it is never
+    merged with another (its parameters differ)."""
+    return module.sample_from_noise(noise, temperature, cond, on_row=on_row)
 
 
 def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, class_u: torch.Tensor | None,
@@ -46,15 +49,6 @@ def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None,
     if class_u is not None:  # a conditional model, no class asked for: the kept rows choose it
         cond = module.class_from_uniform(images, known, class_u)
     return module.sample_from_noise(noise, temperature, cond, x=images, known_mask=known)
-
-
-def _sample_row(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, done: torch.Tensor, *,
-                temperature: float, row: int) -> torch.Tensor:
-    """Samples with row `row` drawn, given `done`, the images with the rows above it drawn: the
-    pixels that sampling in one go draws, a row at a time (for the event stream)."""
-    known = torch.zeros(1, 1, *noise.shape[2:], dtype=torch.bool, device=done.device)
-    known[:, :, :row] = True
-    return module.sample_from_noise(noise, temperature, cond, x=done, known_mask=known, stop_row=row + 1)
 
 
 def _project(module: nn.Module, images: torch.Tensor, state: torch.Tensor, *, first_step: int,
@@ -72,7 +66,6 @@ DECODE = Operation("decode", _decode)
 ENCODE = Operation("encode", _encode)
 SAMPLE_PIXELS = Operation("sample_pixels", _sample)
 COMPLETE = Operation("complete", _complete)
-SAMPLE_ROW = Operation("sample_row", _sample_row)
 # Not batchable: merged with other images, a projection's floats would change in their last bits.
 PROJECT = Operation("project", _project, batchable=False)
 NLL = Operation("nll", _nll)  # an exact likelihood: nothing is drawn

@@ -3,7 +3,8 @@
 Each sub-pixel gets a `levels`-way softmax, so `log_prob` is an exact discrete log-likelihood.
 With several colour channels, the channels of one pixel are modelled as independent given all
 earlier pixels (still a normalised density). A subclass defines `forward(x, cond)` -> logits and
-`incremental_sampler(cond)`, its fast way to get the logits of one sub-pixel after another.
+`stepper(cond, batch)`, the same network run one pixel at a time (`Stepper`), which the sampler
+drives with as few tensor operations per pixel as it can.
 
 Sampling is inverse-CDF on uniform noise drawn up front, so a sample is a deterministic function
 of (noise, class, temperature): the same seed gives the same image alone or inside any batch, and
@@ -13,6 +14,7 @@ the fast and naive samplers can be compared pixel for pixel.
 from __future__ import annotations
 
 import math
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,10 @@ def softmax_head(channels: int, head_channels: int, image_channels: int, levels:
     """Features [B, channels, H, W] -> `levels` logits per sub-pixel, [B, image_channels * levels, H, W]."""
     return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
                          nn.Conv2d(head_channels, image_channels * levels, 1))
+
+
+# Images per forward pass when a likelihood runs over every class (the class-marginal).
+CLASS_PASS_IMAGES = 128
 
 
 class AutoregressiveModel(nn.Module):
@@ -44,11 +50,6 @@ class AutoregressiveModel(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x: float [B, C, H, W] in [0, 1] -> logits [B, C, levels, H, W] of p(x_i | x_<i)."""
-        raise NotImplementedError
-
-    def incremental_sampler(self, cond: torch.Tensor | None):
-        """An object whose `logits(out, i, j)` [B, C, levels] equal `self(out, cond)[..., i, j]`,
-        called in raster order with every pixel before (i, j) of `out` final."""
         raise NotImplementedError
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -81,13 +82,22 @@ class AutoregressiveModel(nn.Module):
         """log p(x) in nats per image, [B]. For a conditional model without `cond`, the exact
         marginal over a uniform class prior: log (1/K) sum_y p(x | y)."""
         if self.config.n_classes and cond is None:
-            k = self.config.n_classes
-            per_class = torch.stack([
-                self.log_prob(x, torch.full((x.shape[0],), y, dtype=torch.long, device=x.device))
-                for y in range(k)
-            ])
-            return torch.logsumexp(per_class, dim=0) - math.log(k)
+            per_class = self._every_class(x, lambda xs, ys: self._sub_pixel_log_probs(xs, ys).flatten(1).sum(1))
+            return torch.logsumexp(per_class, dim=0) - math.log(self.config.n_classes)
         return self._sub_pixel_log_probs(x, cond).flatten(1).sum(1)
+
+    def _every_class(self, x: torch.Tensor, fn) -> torch.Tensor:
+        """fn(images, classes) for every class, [K, B, ...]: as many classes per pass as fit in
+        `CLASS_PASS_IMAGES` images, since a pass's fixed costs (the Row LSTM's 28 row steps) are
+        paid per pass, not per image."""
+        k, b = self.config.n_classes, x.shape[0]
+        per_pass = max(1, CLASS_PASS_IMAGES // b)
+        out = []
+        for first in range(0, k, per_pass):
+            classes = torch.arange(first, min(k, first + per_pass), device=x.device)
+            value = fn(x.repeat(len(classes), *[1] * (x.dim() - 1)), classes.repeat_interleave(b))
+            out.append(value.view(len(classes), b, *value.shape[1:]))
+        return torch.cat(out)
 
     def _sub_pixel_log_probs(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """log p(x_i | x_<i) for every sub-pixel, [B, C, H, W]."""
@@ -103,9 +113,9 @@ class AutoregressiveModel(nn.Module):
         the posterior is exact. Known pixels after a gap are left out of it."""
         known_pixels = known_mask.expand_as(x).all(1)  # [B, H, W]: a pixel's channels come together
         prefix = known_pixels.flatten(1).long().cumprod(1).view_as(known_pixels).unsqueeze(1)
-        per_class = [(self._sub_pixel_log_probs(x, torch.full((x.shape[0],), y, device=x.device)) * prefix)
-                     .flatten(1).sum(1) for y in range(self.config.n_classes)]
-        return torch.stack(per_class, 1).softmax(1)
+        per_class = self._every_class(x, lambda xs, ys: (self._sub_pixel_log_probs(xs, ys)
+                                                         * prefix.repeat(len(ys) // len(x), 1, 1, 1)).flatten(1).sum(1))
+        return per_class.t().softmax(1)
 
     def class_from_uniform(self, x: torch.Tensor, known_mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Each image's class drawn from `class_posterior` by inverse CDF on u [B] in [0, 1)."""
@@ -175,45 +185,178 @@ class AutoregressiveModel(nn.Module):
     @torch.no_grad()
     def sample_from_noise(self, noise: torch.Tensor, temperature: float = 1.0, cond: torch.Tensor | None = None,
                           x: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                          fast: bool = True, stop_row: int | None = None) -> torch.Tensor:
+                          fast: bool = True, on_row: Callable[[int, torch.Tensor], bool] | None = None) -> torch.Tensor:
         """Sample sub-pixel by sub-pixel in raster order, keeping `x` wherever `known_mask` is set.
 
-        `stop_row` ends the sampling before that row (the rows below stay as given), so a caller
-        can draw an image a row at a time: passing back the rows done so far as known draws
-        exactly the pixels of the run in one go, since each pixel sees only the pixels before it.
+        `on_row(i, images)` is called after each row (the event stream shows it); returning False
+        stops the sampling there, leaving the rows below as given.
 
-        `fast` takes the logits from `incremental_sampler`; the naive path reruns the whole
-        network for every pixel. Both compute the same numbers (the network is causal), so they
-        draw the same pixels.
+        `fast` runs the family's `stepper`, which computes each pixel's activations once; the
+        naive path reruns the whole network for every pixel. Both compute the same function (the
+        network is causal), so they draw the same pixels up to the last bits of a float.
         """
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
         self._check_cond(cond)
         noise = noise.to(device=device, dtype=dtype)
         cond = cond.to(device) if cond is not None else None
-        _, _, height, width = noise.shape
         out = torch.zeros_like(noise) if x is None else x.to(device=device, dtype=dtype).clone()
         known = (torch.zeros_like(noise, dtype=torch.bool) if known_mask is None
                  else known_mask.to(device).expand_as(noise).clone())
-        sampler = self.incremental_sampler(cond) if fast else None
-        for i in range(height if stop_row is None else min(stop_row, height)):
+        rows = noise.shape[2]
+        if not fast:
+            return self._sample_naive(out, noise, known, temperature, cond, rows, on_row)
+        if noise.shape[0] == 1:
+            # BLAS computes a single row by another kernel (gemv) than a batch, with other
+            # rounding: two copies keep one image's pixels the same alone or in any batch.
+            pair = self._sample_fast(out.repeat(2, 1, 1, 1), noise.repeat(2, 1, 1, 1), known.repeat(2, 1, 1, 1),
+                                     temperature, None if cond is None else cond.repeat(2), rows,
+                                     None if on_row is None else (lambda i, images: on_row(i, images[:1])))
+            return pair[:1]
+        return self._sample_fast(out, noise, known, temperature, cond, rows, on_row)
+
+    def _sample_naive(self, out, noise, known, temperature, cond, rows, on_row) -> torch.Tensor:
+        for i in range(rows):
             row_unknown = ~known[:, :, i, :]
-            if not row_unknown.any():
-                continue
-            for j in range(width):
+            for j in range(out.shape[3]):
                 if not row_unknown[:, :, j].any():
                     continue
-                logits = sampler.logits(out, i, j) if fast else self(out, cond)[..., i, j]
+                logits = self(out, cond)[..., i, j]
                 value = self._inverse_cdf(logits, noise[:, :, i, j], temperature)
-                fill = row_unknown[:, :, j]
-                out[:, :, i, j] = torch.where(fill, value, out[:, :, i, j])
+                out[:, :, i, j] = torch.where(row_unknown[:, :, j], value, out[:, :, i, j])
+            if on_row is not None and on_row(i, out) is False:
+                break
         return out
+
+    def _sample_fast(self, out, noise, known, temperature, cond, rows, on_row) -> torch.Tensor:
+        """The pixel loop over `self.stepper`, with as few tensor operations per pixel as it can:
+        views are cut once per row, levels are written straight into a row buffer."""
+        b, c, _, width = noise.shape
+        levels = self.config.levels
+        top = levels - 1
+        stepper = self.stepper(cond, b)
+        every_pixel = stepper.every_pixel
+        # The level of each sub-pixel of the current row, column-major so each column is contiguous.
+        row_levels = torch.zeros(width, b * c, 1, dtype=torch.long, device=out.device)
+        level_slots = row_levels.unbind(0)
+        probs = torch.empty(b * c, levels, dtype=out.dtype, device=out.device)
+        # The level is the count of CDF values below u, at most levels - 1 (rounding may leave
+        # the last one under u): searching all but the last one gives that with no clamp.
+        cdf = torch.empty(b * c, levels - 1, dtype=out.dtype, device=out.device)
+        for i in range(rows):
+            stepper.start_row(i, out)
+            unknown = ~known[:, :, i, :]  # [B, C, W]
+            wanted = unknown.flatten(0, 1).any(0).tolist()
+            if not any(wanted) and not every_pixel:
+                continue
+            last = width - 1 if every_pixel else max(j for j, w in enumerate(wanted) if w)
+            mixed = (~unknown.flatten(0, 1).all(0)).tolist()
+            given = (out[:, :, i, :] * top).round().long().flatten(0, 1).t().unsqueeze(-1)  # [W, B*C, 1]
+            row_levels.copy_(given)
+            u_row = noise[:, :, i, :].flatten(0, 1).t().unsqueeze(-1).contiguous()  # [W, B*C, 1]
+            u_cols, given_cols = u_row.unbind(0), given.unbind(0)
+            keep_cols = (~unknown).flatten(0, 1).t().unsqueeze(-1).unbind(0)
+            for j in range(last + 1):
+                logits = stepper.step(j).view(b * c, levels)
+                slot = level_slots[j]
+                if wanted[j]:
+                    if temperature != 1.0:  # as the naive path divides (1.0 would change no bit)
+                        logits = logits / temperature
+                    torch.softmax(logits, -1, out=probs)
+                    torch.cumsum(probs[:, :-1], -1, out=cdf)
+                    torch.searchsorted(cdf, u_cols[j], out=slot)
+                    if mixed[j]:
+                        torch.where(keep_cols[j], given_cols[j], slot, out=slot)
+                stepper.emit(j, slot)
+            out[:, :, i, :] = row_levels.view(width, b, c).permute(1, 2, 0).to(out.dtype) / top
+            if on_row is not None and on_row(i, out) is False:
+                break
+        return out
+
+    def stepper(self, cond: torch.Tensor | None, batch: int) -> "Stepper":
+        """The family's incremental network for `batch` images (see `Stepper`)."""
+        raise NotImplementedError
 
     def _inverse_cdf(self, logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
         """Pick the level whose CDF interval holds u; logits [B, C, levels], u [B, C] -> [B, C] in [0, 1]."""
         cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
         level = (cdf < u.unsqueeze(-1)).sum(-1).clamp_(max=self.config.levels - 1)
         return level.to(u.dtype) / (self.config.levels - 1)
+
+
+class Stepper(Protocol):
+    """A family's network run one pixel at a time, each pixel's activations computed once.
+
+    The sampler calls, for each row i it draws: `start_row(i, images)` (rows < i of `images` are
+    final), then for j = 0, 1, ... in order `step(j)` -> the logits of pixel (i, j),
+    [B, C * levels], and `emit(j, level)` with the pixel's final level [B * C, 1] (drawn or
+    given). `every_pixel`: whether known pixels must be stepped too (a state that runs through
+    every row); otherwise rows given whole, and a row's columns after its last drawn one, are
+    skipped.
+    """
+
+    every_pixel: bool
+
+    def start_row(self, i: int, images: torch.Tensor) -> None: ...
+
+    def step(self, j: int) -> torch.Tensor: ...
+
+    def emit(self, j: int, level: torch.Tensor) -> None: ...
+
+
+class RowConv:
+    """A convolution that yields one output row, from channels-last rows [B, kh, W + kw - 1, C_in]
+    to [B * W, C_out], as one matrix product over its patches: at a sampler's batch (2 to 16
+    images) oneDNN's convolution costs up to twice its arithmetic in set-up; gathering channels-last
+    patches costs a tenth, and the product runs at the machine's rate."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.width = weight.shape[-1]
+        self.weight = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t()  # [kh * kw * C_in, C_out]
+        self.bias = bias
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        patches = rows.unfold(2, self.width, 1).permute(0, 2, 1, 4, 3).reshape(-1, self.weight.shape[0])
+        return torch.mm(patches, self.weight) if self.bias is None else torch.addmm(self.bias, patches, self.weight)
+
+
+class HeadStep:
+    """`softmax_head` on one pixel's features [B, c] -> logits [B, C * levels], into buffers made
+    once: a column of ones carries each bias, so the head is three operations and a ReLU."""
+
+    def __init__(self, head: nn.Sequential, batch: int):
+        first, last = head[1], head[3]
+        new = dict(dtype=first.weight.dtype, device=first.weight.device)
+        self.features = torch.ones(batch, first.in_channels + 1, **new)
+        self.hidden = torch.ones(batch, first.out_channels + 1, **new)
+        self.w_first = torch.cat([first.weight[:, :, 0, 0].t(), first.bias[None]])
+        self.w_last = torch.cat([last.weight[:, :, 0, 0].t(), last.bias[None]])
+        self.logits = torch.empty(batch, last.out_channels, **new)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        torch.clamp_min(h, 0, out=self.features[:, :-1])
+        torch.mm(self.features, self.w_first, out=self.hidden[:, :-1]).clamp_min_(0)
+        return torch.mm(self.hidden, self.w_last, out=self.logits)
+
+
+class PixelPush:
+    """What a finished pixel adds to later pre-activations through a linear map `push` [C, D] of
+    the network's input (x * 2 - 1): one table row per level, so a pixel costs one lookup (channel
+    ch's levels are rows ch * levels ..., summed over a colour pixel's channels)."""
+
+    def __init__(self, push: torch.Tensor, levels: int, batch: int):
+        channels = push.shape[0]
+        values = torch.arange(levels, dtype=push.dtype, device=push.device) / (levels - 1) * 2 - 1
+        self.table = (values[None, :, None] * push[:, None, :]).reshape(channels * levels, -1)
+        self.channels, self.batch = channels, batch
+        self.offsets = (torch.arange(channels, device=push.device) * levels).repeat(batch).view(batch, channels)
+
+    def add_to(self, into: torch.Tensor, level: torch.Tensor) -> None:
+        """`into` [B, D] += the push of the pixel whose levels are `level` [B * C, 1]."""
+        if self.channels == 1:
+            into.add_(torch.embedding(self.table, level.view(-1)))
+        else:
+            into.add_(torch.embedding(self.table, level.view(self.batch, self.channels) + self.offsets).sum(1))
 
 
 def _concat(draws: list[tuple]) -> tuple:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -244,8 +245,22 @@ def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
                     quiet=quiet)
 
 
+@torch.no_grad()
+def grid_time(model: nn.Module, n: int = 16, repeats: int = 3) -> dict:
+    """The wall time of one n-image grid (seeds 0 .. n-1), best of `repeats` after a warm-up, with
+    the current torch threads: what a user of a sequential sampler waits for, on this machine."""
+    model.sample_for_seeds(range(n))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.sample_for_seeds(range(n))
+        best = min(best, time.perf_counter() - start)
+    return {f"grid_{n}_seconds": round(best, 3), f"grid_{n}_threads": torch.get_num_threads()}
+
+
 def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
-             limit: int | None = None, device: str = "cpu", quiet: bool = False, data_dir: str | None = None) -> dict:
+             limit: int | None = None, device: str = "cpu", quiet: bool = False, data_dir: str | None = None,
+             keep_likelihood: bool = False) -> dict:
     if (path / BASELINE_FILE).is_file():
         return evaluate_baseline(path, classifier_path, limit, device, data_dir, quiet)
     model, card = load_checkpoint(path, device)
@@ -256,7 +271,7 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
         metrics["test_accuracy"] = round(float((probs.argmax(1) == test.labels).double().mean()), 4)
         update_card(path, metrics=metrics)
         return metrics
-    if "likelihood" in model.capabilities:
+    if "likelihood" in model.capabilities and not keep_likelihood:
         metrics.update(likelihood(model, test, 100 if model.exact_likelihood else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
     train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
@@ -264,6 +279,8 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
     n = samples.shape[0]
     metrics.update(sample_quality(samples, classifier, classifier_path.name, card["dataset"], data_dir, limit))
     fields = {"metrics": metrics}
+    if model.sequential_sampling:
+        metrics.update(grid_time(model))
     if "complete" in model.capabilities and model.class_conditional:
         metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
     if isinstance(model, LatentModel):  # class latents, for `{"class": ...}` latents and arithmetic
@@ -285,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--keep-likelihood", action="store_true",
+                        help="leave the card's test likelihood as it is (measured on another device: a "
+                             "class-conditional PixelCNN's marginal costs 10 passes per image)")
     parser.add_argument("--sample-quality-only", action="store_true",
                         help="score the samples only and write nothing: a second opinion from another --classifier")
     args = parser.parse_args(argv)
@@ -297,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
             metrics = sample_quality(samples, classifier, args.classifier.name, dataset, args.data_dir, args.limit)
             print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
             continue
-        metrics = evaluate(path, args.classifier, args.samples, args.limit, args.device, args.quiet, args.data_dir)
+        metrics = evaluate(path, args.classifier, args.samples, args.limit, args.device, args.quiet, args.data_dir,
+                           args.keep_likelihood)
         print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
 
 

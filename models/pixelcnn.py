@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.autoregressive import AutoregressiveModel, softmax_head
+from models.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
 from models.layers import GatedBlock
 
 
@@ -76,24 +76,115 @@ class PixelCNN(AutoregressiveModel):
         biases = self._biases(cond)
         return self._horizontal_pass(inputs, self._vertical_pass(inputs, biases), biases)
 
-    def incremental_sampler(self, cond: torch.Tensor | None) -> "_RowSampler":
-        return _RowSampler(self, self._biases(cond))
+    def stepper(self, cond: torch.Tensor | None, batch: int) -> "_GatedStepper":
+        return _GatedStepper(self, self._biases(cond), batch)
 
 
-class _RowSampler:
-    """The vertical stack runs once per row, on the rows up to it; the horizontal stack runs on
-    that one row for each pixel, cut at the current column."""
+class _GatedStepper:
+    """The gated PixelCNN one pixel at a time, each activation computed once (Fast PixelCNN++'s
+    caching, Ramachandran et al. 2017, for the two-stack network).
 
-    def __init__(self, model: PixelCNN, biases: list):
-        self.model, self.biases = model, biases
-        self.row, self.contributions = None, None
+    The vertical stack needs only rows above the current one: at the start of row i it computes
+    row i - 1 of every block (one convolution over that block's cached input rows) and from it the
+    contribution of the vertical stack to all of row i of the horizontal stack. The horizontal
+    stack is a 1-D convolution along the row, computed by pushing: once a block's input at column
+    j is known, one matrix product adds what it contributes to the pre-activations of columns
+    j .. j + k//2 (`acc`). A pixel's step is then, per block, that product, one sigmoid, one
+    product of halves and one matrix product out; tanh(a) is 2 sigmoid(2a) - 1 (the a-half of the
+    pre-activations is kept doubled), and constant columns of ones carry the biases.
+    """
 
-    def logits(self, out: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        if self.row != i:
-            # Rows <= i of the input are all the vertical stack needs for row i.
-            self.row = i
-            self.contributions = [t[:, :, i:i + 1, :]
-                                  for t in self.model._vertical_pass(out[:, :, : i + 1] * 2 - 1, self.biases)]
-        row = out[:, :, i:i + 1, : j + 1] * 2 - 1
-        cut = [t[..., : j + 1] for t in self.contributions]
-        return self.model._horizontal_pass(row, cut, self.biases)[..., 0, j]
+    every_pixel = False  # the horizontal stack feeds no later row: rows given whole are skipped
+
+    def __init__(self, model: PixelCNN, class_biases: list, batch: int):
+        config = model.config
+        self.batch = batch
+        c_img, height, width = config.image_shape
+        c = config.channels
+        self.c, self.width, self.half = c, width, config.kernel_size // 2
+        weight = next(model.parameters())
+        new = dict(dtype=weight.dtype, device=weight.device)
+        double_a = torch.ones(2 * c, **new)
+        double_a[:c] = 2  # the tanh half, for tanh(a) = 2 sigmoid(2a) - 1
+        self.double_a = double_a
+        half = self.half
+        self.blocks = []
+        for block, bias in zip(model.blocks, class_biases):
+            c_in = c_img if block.first else c
+            w_h = block.horizontal_conv.weight[:, :, 0]  # [2c, c_in, taps]; tap s reads column j - half + s
+            # Input at column q reaches column q + t through tap half - t: t = 1..half for the first
+            # block (it never sees its own pixel), 0..half after.
+            reach = range(1, half + 1) if block.first else range(half + 1)
+            push = torch.cat([(w_h[:, :, half - t] * double_a[:, None]).t() for t in reach], dim=1)
+            w_out = block.horizontal_out.weight[:, :, 0, 0].t()  # [c, c]
+            h_bias = block.horizontal_conv.bias.expand(batch, 2 * c)
+            if bias is not None:
+                h_bias = h_bias + bias[:, 2 * c:]
+            self.blocks.append({
+                "vertical": RowConv(block.vertical_conv.weight, block.vertical_conv.bias),
+                "to_horizontal": (block.vertical_to_horizontal.bias, block.vertical_to_horizontal.weight[:, :, 0, 0].t()),
+                "v_bias": None if bias is None else bias[:, None, : 2 * c],
+                # The block's vertical input, channels last, padded as the convolution pads it,
+                # rows offset by half.
+                "v_in": torch.zeros(batch, height + half, width + 2 * half, c_in, **new),
+                "push": push,
+                "first_reach": reach.start,
+                "h_bias": (h_bias * double_a)[:, None, :],
+                # Pre-activations of the current row, plus `half` columns that pushes may spill into.
+                "acc": torch.zeros(batch, (width + half) * 2 * c, **new),
+                # [(2 s_a - 1) s_b] W = [s_a s_b, s_b, 1] [2W; -W; bias]
+                "w_out": torch.cat([2 * w_out, -w_out, block.horizontal_out.bias[None]]),
+                "gates": torch.ones(batch, 2 * c + 1, **new),
+                "h": torch.empty(batch, c, **new),
+            })
+        for entry in self.blocks:
+            acc, gates = entry["acc"], entry["gates"]
+            entry["pre"] = [acc[:, j * 2 * c:(j + 1) * 2 * c] for j in range(width)]
+            entry["spill"] = [acc[:, (j + entry["first_reach"]) * 2 * c:(j + half + 1) * 2 * c] for j in range(width)]
+            entry["sig"], entry["a"], entry["b"] = gates[:, : 2 * c], gates[:, :c], gates[:, c:2 * c]
+        # The first block's input is the image: a finished pixel pushes one table row per channel.
+        self.first_push = PixelPush(self.blocks[0]["push"].view(c_img, -1), config.levels, batch)
+        self.head = HeadStep(model.head, batch)
+        self.zeros = torch.zeros(batch * width, 2 * c, **new)  # shift_down's first row
+
+    def start_row(self, i: int, images: torch.Tensor) -> None:
+        """Row i - 1 of the vertical stack, and its contribution to row i of the horizontal one."""
+        half, width, c = self.half, self.width, self.c
+        if i > 0:
+            self.blocks[0]["v_in"][:, i - 1 + half, half:half + width] = (images[:, :, i - 1] * 2 - 1).transpose(1, 2)
+        for n, entry in enumerate(self.blocks):
+            if i == 0:
+                above = self.zeros
+            else:
+                above = pre = entry["vertical"](entry["v_in"][:, i - 1:i + half])  # [B * W, 2c]
+                if n + 1 < len(self.blocks):
+                    pre = pre.view(self.batch, width, 2 * c)
+                    if entry["v_bias"] is not None:
+                        pre = pre + entry["v_bias"]
+                    row = self.blocks[n + 1]["v_in"][:, i - 1 + half, half:half + width]
+                    torch.mul(torch.tanh(pre[..., :c]), torch.sigmoid(pre[..., c:]), out=row)
+            bias, weight = entry["to_horizontal"]
+            to_horizontal = torch.addmm(bias, above, weight).view(self.batch, width, 2 * c)
+            acc = entry["acc"].view(self.batch, width + half, 2 * c)
+            torch.addcmul(entry["h_bias"], to_horizontal, self.double_a, out=acc[:, :width])
+            acc[:, width:] = 0
+
+    def step(self, j: int) -> torch.Tensor:
+        """The logits of pixel (i, j): every block's horizontal stack at column j."""
+        h = None
+        for entry in self.blocks:
+            if h is not None:  # this block's input at column j, pushed to columns j .. j + half
+                entry["spill"][j].addmm_(h, entry["push"])
+            torch.sigmoid(entry["pre"][j], out=entry["sig"])
+            torch.mul(entry["a"], entry["b"], out=entry["a"])
+            if h is None:
+                torch.mm(entry["gates"], entry["w_out"], out=entry["h"])
+            else:
+                torch.addmm(h, entry["gates"], entry["w_out"], out=entry["h"])
+            h = entry["h"]
+        return self.head(h)
+
+    def emit(self, j: int, level: torch.Tensor) -> None:
+        """Pixel (i, j) is final: the first block's input there reaches columns j + 1 .. j + half."""
+        if j + 1 < self.width and self.half:
+            self.first_push.add_to(self.blocks[0]["spill"][j], level)

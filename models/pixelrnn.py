@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.autoregressive import AutoregressiveModel, softmax_head
+from models.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
 
 
 @dataclass
@@ -103,77 +103,111 @@ class PixelRNN(AutoregressiveModel):
             h = layer(h, cond)
         return self._logits(h)
 
-    def incremental_sampler(self, cond: torch.Tensor | None) -> "_StateSampler":
+    def stepper(self, cond: torch.Tensor | None, batch: int) -> "_RowLSTMStepper":
         self._check_cond(cond)
-        return _StateSampler(self, cond)
+        return _RowLSTMStepper(self, cond, batch)
 
 
-class _StateSampler:
-    """Keeps, for every layer, the LSTM state of the last finished row and the current row's
-    inputs and states, and computes only the columns not computed yet: one column per pixel in
-    raster order. Columns or rows skipped (known pixels of a completion) are caught up in one
-    slice the next time they are needed, from `out`, where they are final by then."""
+class _RowLSTMStepper:
+    """The Row LSTM one pixel at a time: per row, the masked first convolution over the rows above
+    and every layer's state-to-state product over the previous row's states run once (each a
+    convolution over the whole row); per pixel, each layer pushes its input's contribution into
+    the gate pre-activations of its column and the next (`acc`, one matrix product), then runs the
+    LSTM cell on that column alone. tanh(g) is 2 sigmoid(2g) - 1, so one sigmoid covers all four
+    gates (the g-quarter of the pre-activations is kept doubled); columns of ones carry biases.
+    A row's states feed the next row, so every pixel is stepped, known ones too (`every_pixel`).
+    """
 
-    def __init__(self, model: PixelRNN, cond: torch.Tensor | None):
-        self.model, self.cond = model, cond
-        self.row, self.col = -1, -1  # the current row, and its last computed column
-        self.h = self.c = None  # per layer: the state of row `row - 1`, [B, C, W]
-        self.row_h = self.row_c = self.row_in = None  # per layer: row `row` so far, [B, C, W]
-        self.recurrent = None  # per layer: state_to_state(h), fixed for the whole row
+    every_pixel = True
 
-    def _first_layer(self, out: torch.Tensor, i: int, lo: int, hi: int) -> torch.Tensor:
-        """The masked first convolution at row i, columns lo..hi-1 -> [B, C, hi - lo]."""
-        half = self.model.config.first_kernel // 2
-        padded = F.pad(out * 2 - 1, (half, half, half, 0))  # rows below i are masked out anyway
-        window = padded[:, :, i:i + half + 1, lo:hi + 2 * half]
-        weight = self.model._first_weight()[:, :, : half + 1]
-        return F.conv2d(window, weight, self.model.first.bias)[:, :, 0]
+    def __init__(self, model: PixelRNN, cond: torch.Tensor | None, batch: int):
+        config = model.config
+        c_img, height, width = config.image_shape
+        c, half = config.channels, config.first_kernel // 2
+        self.batch, self.c, self.width, self.half = batch, c, width, half
+        weight = next(model.parameters())
+        new = dict(dtype=weight.dtype, device=weight.device)
+        double_g = torch.ones(4 * c, **new)
+        double_g[3 * c:] = 2  # the tanh quarter, for tanh(g) = 2 sigmoid(2g) - 1
+        self.double_g = double_g
+        first_weight = model._first_weight()
+        self.above = RowConv(first_weight[:, :, :half], model.first.bias)  # the rows above the pixel
+        # The image, channels last, padded as the first convolution pads it, rows offset by half.
+        self.image = torch.zeros(batch, height + half, width + 2 * half, c_img, **new)
+        self.first_acc = torch.zeros(batch, (width + half) * c, **new)
+        self.first_in = [self.first_acc[:, j * c:(j + 1) * c] for j in range(width)]
+        self.first_spill = [self.first_acc[:, (j + 1) * c:(j + half + 1) * c] for j in range(width)]
+        # Pixel (i, q) reaches column q + t of its row through tap half - t, t = 1..half.
+        push = torch.cat([first_weight[:, :, half, half - t].t() for t in range(1, half + 1)], dim=1)
+        self.first_push = PixelPush(push, config.levels, batch)
+        self.layers = []
+        for layer in model.layers:
+            w_in = layer.input_to_state.weight[:, :, 0]  # [4c, c, 2]: tap 0 reads column j - 1, tap 1 column j
+            bias = layer.input_to_state.bias.expand(batch, 4 * c)
+            if cond is not None:
+                bias = bias + layer.class_bias(cond)
+            acc = torch.zeros(batch, (width + 1) * 4 * c, **new)
+            # h of the current row, and a column of ones; one zero column each side, the padding
+            # of the state-to-state convolution.
+            padded = torch.ones(batch, width + 2, c + 1, **new)
+            padded[:, [0, -1], :c] = 0
+            states = padded[:, 1:-1]
+            cells = [torch.zeros(batch, width, c, **new) for _ in range(2)]  # c of this row and the last
+            entry = {
+                "recurrent": RowConv(layer.state_to_state.weight.unsqueeze(2), None),
+                "padded_h": padded[:, None, :, :c],  # [B, 1, W + 2, c]
+                "bias": (bias * double_g)[:, None, :],
+                "push": torch.cat([(w_in[:, :, 1] * double_g[:, None]).t(), (w_in[:, :, 0] * double_g[:, None]).t()], 1),
+                "acc": acc, "states": states, "cells": cells,
+                "w_out": torch.cat([layer.out.weight[:, :, 0, 0].t(), layer.out.bias[None]]),
+                "sig": torch.empty(batch, 4 * c, **new), "tanh": torch.empty(batch, c, **new),
+                "x": torch.empty(batch, c, **new),
+                "pre": [acc[:, j * 4 * c:(j + 1) * 4 * c] for j in range(width)],
+                "spill": [acc[:, j * 4 * c:(j + 2) * 4 * c] for j in range(width)],
+                "h_aug": list(states.unbind(1)),
+                "h": [states[:, j, :c] for j in range(width)],
+            }
+            sig = entry["sig"]
+            entry["o"], entry["f"], entry["i"], entry["g"] = sig[:, :c], sig[:, c:2 * c], sig[:, 2 * c:3 * c], sig[:, 3 * c:]
+            self.layers.append(entry)
+        self.head = HeadStep(model.head, batch)
 
-    def _start_row(self, out: torch.Tensor, i: int) -> None:
-        model, (b, _, _, width) = self.model, out.shape
-        channels = model.config.channels
-        if self.row < 0:
-            zeros = out.new_zeros(b, channels, width)
-            self.h, self.c = [zeros] * len(model.layers), [zeros] * len(model.layers)
-        else:
-            self._advance(out, width - 1)  # finish the current row: its states feed the next
-            self.h, self.c = self.row_h, self.row_c
-        for skipped in range(self.row + 1, i):  # rows skipped whole (known): run them, then go on
-            self._begin(out, skipped)
-            self._advance(out, width - 1)
-            self.h, self.c = self.row_h, self.row_c
-        self._begin(out, i)
+    def start_row(self, i: int, images: torch.Tensor) -> None:
+        half, width, c = self.half, self.width, self.c
+        if i > 0:
+            self.image[:, i - 1 + half, half:half + width] = (images[:, :, i - 1] * 2 - 1).transpose(1, 2)
+        first = self.first_acc.view(self.batch, width + half, c)
+        first[:, :width] = self.above(self.image[:, i:i + half]).view(self.batch, width, c)
+        first[:, width:] = 0
+        for entry in self.layers:
+            cells = entry["cells"]
+            cells.reverse()  # this row's cells become the last row's
+            acc = entry["acc"].view(self.batch, width + 1, 4 * c)
+            if i == 0:
+                cells[1].zero_()
+                entry["states"][:, :, :c].zero_()
+                acc[:, :width] = entry["bias"]
+            else:
+                recurrent = entry["recurrent"](entry["padded_h"]).view(self.batch, width, 4 * c)
+                torch.addcmul(entry["bias"], recurrent, self.double_g, out=acc[:, :width])
+            acc[:, width:] = 0
+            entry["c"] = list(cells[0].unbind(1))
+            entry["c_last"] = list(cells[1].unbind(1))
 
-    def _begin(self, out: torch.Tensor, i: int) -> None:
-        width = out.shape[3]
-        self.row, self.col = i, -1
-        self.recurrent = [layer.state_to_state(h) for layer, h in zip(self.model.layers, self.h)]
-        self.row_in = [out.new_zeros(h.shape[0], h.shape[1], width) for h in self.h]
-        self.row_h = [torch.zeros_like(h) for h in self.h]
-        self.row_c = [torch.zeros_like(c) for c in self.c]
+    def step(self, j: int) -> torch.Tensor:
+        x = self.first_in[j]
+        for entry in self.layers:
+            entry["spill"][j].addmm_(x, entry["push"])
+            torch.sigmoid(entry["pre"][j], out=entry["sig"])
+            c = entry["c"][j]
+            torch.mul(entry["f"], entry["c_last"][j], out=c)
+            c.addcmul_(entry["i"], entry["g"], value=2).sub_(entry["i"])  # + sigmoid(i) tanh(g)
+            torch.tanh(c, out=entry["tanh"])
+            torch.mul(entry["o"], entry["tanh"], out=entry["h"][j])
+            x = torch.addmm(x, entry["h_aug"][j], entry["w_out"], out=entry["x"])
+        return self.head(x)
 
-    def _advance(self, out: torch.Tensor, j: int) -> torch.Tensor | None:
-        """Compute columns col+1..j of the current row in every layer; returns the last layer's
-        output there [B, C, j - col], or None if nothing was left."""
-        lo, hi = self.col + 1, j + 1
-        if lo >= hi:
-            return None
-        x = self._first_layer(out, self.row, lo, hi)
-        for n, layer in enumerate(self.model.layers):
-            self.row_in[n][:, :, lo:hi] = x
-            # The input-to-state kernel also reads the column left of lo, computed before.
-            left = max(lo - 1, 0)
-            gates = layer.input_gates(self.row_in[n][:, :, None, left:hi], self.cond)[:, :, 0, lo - left:]
-            h, c = layer.cell(gates + self.recurrent[n][:, :, lo:hi], self.c[n][:, :, lo:hi])
-            self.row_h[n][:, :, lo:hi], self.row_c[n][:, :, lo:hi] = h, c
-            x = x + layer.out(h[:, :, None])[:, :, 0]
-        self.col = j
-        return x
-
-    def logits(self, out: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        if i != self.row:
-            self._start_row(out, i)
-        if j <= self.col:
-            raise ValueError("the incremental sampler goes forward in raster order only")
-        x = self._advance(out, j)
-        return self.model._logits(x[:, :, None, -1:])[..., 0, 0]
+    def emit(self, j: int, level: torch.Tensor) -> None:
+        """Pixel (i, j) is final: through the masked first convolution it reaches j + 1 .. j + half."""
+        if j + 1 < self.width:
+            self.first_push.add_to(self.first_spill[j], level)

@@ -13,7 +13,6 @@ state goes to `--state-dir` for `--resume`, and the weights, card and a sample g
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,181 +24,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.checkpoint import FAMILIES, build_model, load_checkpoint, save_checkpoint
 from models.data import load_dataset, to_float
-from models.dcgan import DCGAN
 from models.grid import save_grid
+from models.trainers import TRAINERS, extend_model
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PREVIEW_SEED = 1234
-
-
-# -- objectives: one per kind of training -------------------------------------------------------
-
-class Objective(nn.Module):
-    """Wraps a model so that its loss is computed in forward(), which is what DDP synchronises."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return self.model.loss(x, y)
-
-
-def extend_model(model: nn.Module, config: dict) -> nn.Module:
-    """A module of `model`'s family built from `config`, holding `model`'s weights: the parts the
-    config adds start from their initialisation; every weight of `model` must fit the new one."""
-    extended = build_model(model.family, config)
-    _, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
-    if unexpected:
-        raise SystemExit(f"error: the new config drops weights of the checkpoint: {unexpected[:5]}")
-    return extended
-
-
-def trainable_parameters(model: nn.Module, prefix: str | None) -> list[nn.Parameter]:
-    """All parameters, or with a prefix only those under it; the others are frozen (no gradients)."""
-    if not prefix:
-        return list(model.parameters())
-    chosen = []
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith(prefix))
-        if parameter.requires_grad:
-            chosen.append(parameter)
-    if not chosen:
-        raise SystemExit(f"error: --train-only {prefix}: the model has no parameters under that name")
-    return chosen
-
-
-class LossTrainer:
-    """A family with a `loss(x, y)`: one loss, one Adam."""
-
-    def __init__(self, model: nn.Module, args, distributed: bool):
-        self.model = model
-        self.parameters = trainable_parameters(model, args.train_only)
-        objective = Objective(model)
-        self.objective = DistributedDataParallel(objective) if distributed else objective
-        self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(args.beta1, 0.999))
-        self.grad_clip = args.grad_clip
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
-        self.model.train()
-        loss, logs = self.objective(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
-        self.optimizer.step()
-        return {"loss": loss.item(), **logs}
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def export(self) -> nn.Module:
-        return self.model
-
-
-class GANTrainer:
-    """DCGAN: the non-saturating game, plus an exponential moving average of the generator
-    (what is shipped; its batchnorm statistics are re-estimated before each export)."""
-
-    def __init__(self, model: DCGAN, args, distributed: bool):
-        self.model = model
-        wrap = DistributedDataParallel if distributed else (lambda m: m)
-        self.generator = wrap(model.generator)
-        self.discriminator = wrap(model.discriminator)
-        betas = (args.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(model.generator.parameters(), lr=args.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=args.lr, betas=betas)
-        self.hinge = args.gan_loss == "hinge"
-        self.ema = build_model(model.family, dataclasses.asdict(model.config)).generator.to(args.device)
-        self.ema.load_state_dict(model.generator.state_dict())
-        self.ema_decay = args.ema
-        self.ema_updates = 0
-        self.latent_dim = model.config.latent_dim
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
-        self.model.train()
-        b = x.shape[0]
-        z = torch.randn(b, self.latent_dim, generator=noise).to(x.device)
-        fake = (self.generator(z) + 1) / 2
-        # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
-        d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
-        if self.hinge:
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        else:
-            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
-        # Generator: raise the discriminator's score of the fakes (the non-saturating loss).
-        d_fake_for_g = self.discriminator(fake)
-        if self.hinge:
-            loss_g = -d_fake_for_g.mean()
-        else:
-            loss_g = F.binary_cross_entropy_with_logits(d_fake_for_g, torch.ones_like(d_fake_for_g))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        # The average warms up (TensorFlow's num_updates rule) so that early exports are not
-        # dominated by the initial weights: decay min(ema, (1 + t) / (10 + t)) at update t.
-        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
-        self.ema_updates += 1
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.model.generator.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.opt_g, self.opt_d]
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "ema_updates": self.ema_updates,
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.ema_updates = state.get("ema_updates", 10 ** 9)  # states saved before the warm-up: none
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-
-    @torch.no_grad()
-    def export(self, batches: int = 50, batch_size: int = 256) -> nn.Module:
-        """A DCGAN whose generator is the EMA one, with batchnorm statistics measured on it."""
-        device = next(self.ema.parameters()).device
-        exported = build_model(self.model.family, dataclasses.asdict(self.model.config)).to(device)
-        exported.load_state_dict(self.model.state_dict())
-        exported.generator.load_state_dict(self.ema.state_dict())
-        generator = exported.generator.train()
-        for module in generator.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None  # cumulative average over the batches below
-        calibration = torch.Generator().manual_seed(0)
-        for _ in range(batches):
-            generator(torch.randn(batch_size, self.latent_dim, generator=calibration).to(device))
-        for module in generator.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.momentum = 0.1
-        return exported.eval()
-
-
-TRAINERS = {"loss": LossTrainer, "adversarial": GANTrainer}
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -218,7 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--lr-decay", type=float, help="learning rate multiplier per epoch")
+    parser.add_argument("--lr-decay", type=float, help="learning rate multiplier per epoch (--lr-schedule exponential)")
+    parser.add_argument("--lr-schedule", choices=["exponential", "linear"],
+                        help="exponential: times --lr-decay each epoch; linear: down to zero at the end of the "
+                             "run (--epochs, --max-steps or --minutes, whichever comes first)")
+    parser.add_argument("--minutes", type=float, help="stop after this much training-loop wall time")
     parser.add_argument("--beta1", type=float)
     parser.add_argument("--grad-clip", type=float)
     parser.add_argument("--ema", type=float, help="generator EMA decay (dcgan)")
@@ -242,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in preset.get("train", {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    defaults = dict(dataset="fashion-mnist", epochs=1, batch_size=64, lr=1e-3, lr_decay=1.0, beta1=0.9,
+    defaults = dict(dataset="fashion-mnist", epochs=1, batch_size=64, lr=1e-3, lr_decay=1.0, lr_schedule="exponential",
+                    beta1=0.9,
                     grad_clip=0.0, ema=0.999, gan_loss="bce", seed=0, save_minutes=10.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -255,6 +94,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or Path("weights") / args.family
     args.state_dir = args.state_dir or Path("runs") / args.out.name
     return args
+
+
+def learning_rate(args: argparse.Namespace, progress: dict, batches_per_epoch: int) -> float:
+    """The learning rate for the next step: exponential per epoch, or linear to zero at the end of
+    whichever budget ends the run first (a budgeted schedule, Li et al. 2020)."""
+    if args.lr_schedule == "exponential":
+        return args.lr * args.lr_decay ** progress["epoch"]
+    done = (progress["epoch"] + progress["batch"] / batches_per_epoch) / args.epochs
+    if args.max_steps:
+        done = max(done, progress["step"] / args.max_steps)
+    if args.minutes:
+        done = max(done, progress["wall_time_s"] / (args.minutes * 60))
+    return args.lr * max(0.0, 1.0 - done)
 
 
 def pick_device(name: str) -> torch.device:
@@ -360,15 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     done = False
     while progress["epoch"] < args.epochs and not done:
         epoch = progress["epoch"]
-        for group_opt in trainer.optimizers():
-            for group in group_opt.param_groups:
-                group["lr"] = args.lr * args.lr_decay ** epoch
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 7919 + epoch))
         bar = tqdm(range(progress["batch"], batches_per_epoch), desc=f"{args.family} epoch {epoch + 1}/{args.epochs}",
                    disable=args.quiet or not is_main, mininterval=5, dynamic_ncols=True)
         totals: dict[str, float] = {}
         for batch in bar:
             start = time.monotonic()
+            rate = learning_rate(args, progress, batches_per_epoch)
+            for optimizer in trainer.optimizers():
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
             global_index = order[(batch * world + rank) * args.batch_size:(batch * world + rank + 1) * args.batch_size]
             x = to_float(train.images[global_index]).to(device)
             y = train.labels[global_index].to(device)
@@ -380,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
                 totals[k] = totals.get(k, 0.0) + v
             if batch % 20 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-            if args.max_steps and progress["step"] >= args.max_steps:
+            if (args.max_steps and progress["step"] >= args.max_steps
+                    or args.minutes and progress["wall_time_s"] >= args.minutes * 60):
                 done = True
                 break
             if time.monotonic() - last_save > args.save_minutes * 60 and batch + 1 < batches_per_epoch:

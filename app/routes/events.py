@@ -1,15 +1,18 @@
 """Samples as Server-Sent Events (`Accept: text/event-stream` on POST .../samples).
 
-A model that samples row by row ("stream" among its capabilities, the PixelCNN) is run one row per
-worker job: each job gets the rows drawn so far and draws the next, which are exactly the pixels
-that sampling in one go draws, and each finished row is sent as a `progress` event with the grid so
-far. Between rows the worker serves other requests; a client that goes away cancels the stream
-(Starlette cancels the generator), which withdraws the pending row and queues no more. Other models
-answer one `done` event with the plain answer's PNG.
+A model that samples row by row ("stream" among its capabilities: PixelCNN, PixelRNN) runs one
+sampling job, the very job of the plain answer, whose sampler hands each finished row from the
+worker thread to the event loop, where it is sent as a `progress` event with the grid so far. So
+the stream costs what the plain answer costs (its sampler state is built once, not once per row)
+and ends in the same pixels. A client that goes away cancels the stream (Starlette cancels the
+generator): a job still queued is withdrawn, and a running one stops after its current row. The
+worker is taken directly, not through `deps.infer`, since the streaming response itself watches
+the connection for the disconnect. Other models answer one `done` event with the plain answer's PNG.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -21,7 +24,7 @@ from fastapi.responses import StreamingResponse
 
 from app import latents
 from app.imaging import grid_png
-from app.operations import SAMPLE_ROW
+from app.operations import SAMPLE_PIXELS
 from app.registry import ServedModel
 from app.routes.deps import IMAGE_RESPONSES
 from app.schemas import SamplesRequest
@@ -68,14 +71,31 @@ async def _single(response: Response) -> AsyncIterator[str]:
 
 async def _rows(request: Request, model: ServedModel, noise: torch.Tensor, labels: torch.Tensor | None,
                 body: SamplesRequest) -> AsyncIterator[str]:
-    worker = request.app.state.worker
+    loop = asyncio.get_running_loop()
+    # The rows in order, then None once the job is done: the worker hands each row over with
+    # call_soon_threadsafe before it settles the job, so the rows are queued before the None.
+    finished: asyncio.Queue[tuple[int, torch.Tensor] | None] = asyncio.Queue()
+    listening = True
+
+    def on_row(row: int, images: torch.Tensor) -> bool:
+        """In the worker thread: a copy of the images so far to the event loop; False stops the
+        sampling once nobody listens."""
+        if listening:
+            loop.call_soon_threadsafe(finished.put_nowait, (row, images.to("cpu", torch.float32, copy=True)))
+        return listening
+
+    job = asyncio.ensure_future(request.app.state.worker.run(
+        model, SAMPLE_PIXELS, noise, labels, temperature=body.temperature, on_row=on_row))
+    job.add_done_callback(lambda _: finished.put_nowait(None))
     rows = model.image_shape[1]
-    drawn = torch.zeros_like(noise)
-    for row in range(rows):
-        drawn = await worker.run(model, SAMPLE_ROW, noise, labels, drawn, temperature=body.temperature, row=row)
-        image = _base64(grid_png(drawn, body.nrow))
-        yield event("progress", {"row": row, "rows": rows, "image": image})
-    yield event("done", {"image": image})
+    try:
+        while (item := await finished.get()) is not None:
+            row, images = item
+            yield event("progress", {"row": row, "rows": rows, "image": _base64(grid_png(images, body.nrow))})
+        yield event("done", {"image": _base64(grid_png(job.result(), body.nrow))})
+    finally:
+        listening = False
+        job.cancel()
 
 
 async def _reporting_errors(events: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -4,8 +4,8 @@
 import { el } from "./ui.js";
 
 // The figures a card shows first, in this order, where the model has them (at most four).
-const HEADLINES = ["test_bits_per_dim", "frechet_distance", "classes_found", "class_mean_decodes_to_class",
-  "class_entropy_nats"];
+const HEADLINES = ["test_bits_per_dim", "grid_16_seconds", "frechet_distance", "classes_found",
+  "class_mean_decodes_to_class", "class_entropy_nats"];
 const MAX_HEADLINES = 4;
 const SVG = "http://www.w3.org/2000/svg";
 

@@ -30,6 +30,7 @@ export function sampleTab(panel, ctx) {
   }
 
   async function run(signal) {
+    const started = performance.now();
     const data = Object.fromEntries(new FormData(form));
     const body = { n: Number(data.n), seed: data.seed === "" ? null : Number(data.seed) };
     if (data.temperature) body.temperature = Number(data.temperature);
@@ -49,6 +50,8 @@ export function sampleTab(panel, ctx) {
     caption.querySelector(".seed").textContent = result.seed;
     caption.querySelector(".caption-extra").textContent =
       (images.length > 1 ? ` (cells use seeds ${result.seed}–${result.seed + images.length - 1})` : "") + ofClass;
+    // The wait a user had, request to last row: what the model cards' grid time promises.
+    caption.querySelector(".elapsed").textContent = `drawn in ${((performance.now() - started) / 1000).toFixed(2)} s`;
     caption.hidden = false;
     return { ...data, seed: result.seed };
   }

@@ -88,12 +88,14 @@ def test_the_2d_manifold_of_vae2d_and_the_latent_map_decode_on_click(page, api, 
     shot(page, artifacts, "vae-latent-map")
 
 
-# The page's record of every row count it showed, kept by an observer installed before the run.
+# The page's record of every row count it showed, kept by an observer installed before the run:
+# the value each change replaced (several changes may reach one callback, so the value read then
+# would repeat the last), the final value being the attribute itself.
 RECORD_ROWS = """() => {
-  window.rowsShown = [];
+  window.rowsReplaced = [];
   const output = document.querySelector('#panel-sample .output');
-  new MutationObserver((records) => records.forEach(() => window.rowsShown.push(output.dataset.rowsDrawn)))
-    .observe(output, { attributes: true, attributeFilter: ['data-rows-drawn'] });
+  new MutationObserver((records) => records.forEach((record) => window.rowsReplaced.push(record.oldValue)))
+    .observe(output, { attributes: true, attributeFilter: ['data-rows-drawn'], attributeOldValue: true });
 }"""
 
 
@@ -102,13 +104,14 @@ def test_pixelcnn_samples_are_drawn_row_by_row_from_the_event_stream(page, api, 
     loaded_images(page.locator("#sample-result img"), 3)
     page.evaluate(RECORD_ROWS)
     page.locator("label.model-card").filter(has=page.locator('input[value="pixelcnn"]')).click()
-    wait_until(page, "() => window.rowsShown.length > 0")
+    wait_until(page, "() => window.rowsReplaced.length > 1")
     expect(page.locator("#sample-live")).to_be_visible()
     shot(page, artifacts, "pixelcnn-rows")
     expect(page.locator("#sample-seed-shown")).to_have_text("9")
     shown = loaded_images(page.locator("#sample-result img"), 3)
     assert_same_images(shown, api_images(api, "pixelcnn", "samples", {"n": 3, "seed": 9})["images"])
-    rows = [int(r) for r in page.evaluate("window.rowsShown")]
+    replaced = page.evaluate("window.rowsReplaced")  # the first replaced the last run's value
+    rows = [int(r) for r in replaced[1:]] + [int(page.locator("#panel-sample .output").get_attribute("data-rows-drawn"))]
     assert rows == list(range(rows[0], 29)) and rows[0] <= 1, "every row was shown, in order"
     expect(page.locator("#sample-live")).to_be_hidden()
     shot(page, artifacts, "pixelcnn-done")

@@ -223,6 +223,7 @@ def test_sample_pixelcnn_shows_progress_and_temperature(page, api, models, artif
     panel.get_by_label("Seed", exact=True).press("Enter")  # submits the form, as Enter does
     expect(page.locator("#sample-result img")).to_have_count(1)
     expect(page.locator("#sample-seed-shown")).to_have_text("6")
+    expect(page.locator("#sample-elapsed")).to_have_text(re.compile(r"^drawn in \d+\.\d\d s$"))
     shown = loaded_images(page.locator("#sample-result img"), 1)
     assert_same_images(shown, api_images(api, "pixelcnn", "samples", body)["images"])
     shot(page, artifacts, "sample-pixelcnn")

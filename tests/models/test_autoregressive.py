@@ -94,19 +94,22 @@ def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(small, n_classes):
 
 
 @pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])
-def test_drawing_a_row_at_a_time_draws_the_same_pixels(small, image_shape):
-    """What the event stream of samples does: each row drawn given the rows before, stopping after it."""
+def test_each_finished_row_is_shown_final_and_a_false_answer_stops_the_sampling(small, image_shape):
+    """What the event stream of samples sees: row r final and the rows below still blank."""
     model = small(n_classes=3, image_shape=image_shape)
     noise, cond = model.draw_noise(3, torch.Generator().manual_seed(5))
     whole = model.sample_from_noise(noise.double(), 0.8, cond)
-    drawn = torch.zeros_like(whole)
-    for row in range(image_shape[1]):
-        known = torch.zeros(1, 1, *image_shape[1:], dtype=torch.bool)
-        known[:, :, :row] = True
-        drawn = model.sample_from_noise(noise.double(), 0.8, cond, x=drawn, known_mask=known, stop_row=row + 1)
-        assert torch.equal(drawn[:, :, : row + 1], whole[:, :, : row + 1])
-        assert not drawn[:, :, row + 1:].any(), "the rows below stay as given"
-    assert torch.equal(drawn, whole)
+    shown = []
+
+    def on_row(row, images):
+        shown.append(row)
+        assert torch.equal(images[:, :, : row + 1], whole[:, :, : row + 1])
+        assert not images[:, :, row + 1:].any(), "the rows below stay as given"
+        return row < 2
+
+    stopped = model.sample_from_noise(noise.double(), 0.8, cond, on_row=on_row)
+    assert shown == [0, 1, 2]
+    assert torch.equal(stopped[:, :, :3], whole[:, :, :3]) and not stopped[:, :, 3:].any()
 
 
 def test_a_sample_does_not_depend_on_its_batch(small):
@@ -196,10 +199,20 @@ def test_the_row_lstm_sees_a_triangle_above_each_pixel():
     assert grad[0, 0, 6, 7] == 0  # two rows up, five right: outside the triangle and the kernel
 
 
-def test_the_incremental_sampler_refuses_to_go_back():
-    model = pixelrnn()
-    sampler = model.incremental_sampler(None)
-    out = torch.zeros(1, 1, 12, 12, dtype=torch.double)
-    sampler.logits(out, 0, 3)
-    with pytest.raises(ValueError):
-        sampler.logits(out, 0, 3)
+@pytest.mark.parametrize("n_classes", [0, 3])
+@torch.no_grad()
+def test_the_stepper_computes_the_networks_logits_pixel_by_pixel(small, n_classes):
+    """The incremental network, stepped through a given image, gives at each pixel the logits of
+    the whole network run on that image: it computes the same function, not an approximation."""
+    model = small(n_classes=n_classes, image_shape=(2, 6, 7))
+    x = (torch.rand(2, 2, 6, 7, dtype=torch.double) * 255).round() / 255
+    cond = torch.tensor([0, 2]) if n_classes else None
+    expected = model(x, cond)  # [B, C, levels, H, W]
+    levels = (x * 255).round().long()
+    stepper = model.stepper(cond, 2)
+    for i in range(6):
+        stepper.start_row(i, x)
+        for j in range(7):
+            logits = stepper.step(j).view(2, 2, 256)
+            torch.testing.assert_close(logits, expected[..., i, j], rtol=0, atol=1e-10)
+            stepper.emit(j, levels[:, :, i, j].reshape(-1, 1))

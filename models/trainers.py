@@ -1,0 +1,178 @@
+"""The trainers `models.train` runs, one per training objective a family declares: `LossTrainer`
+for a family that minimises its own `loss(x, y)`, `GANTrainer` for the adversarial game. Each
+takes one step on a batch, owns its optimisers and state, and exports the module to ship."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from models.checkpoint import build_model
+from models.dcgan import DCGAN
+
+
+# -- objectives: one per kind of training -------------------------------------------------------
+
+class Objective(nn.Module):
+    """Wraps a model so that its loss is computed in forward(), which is what DDP synchronises."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.model.loss(x, y)
+
+
+def extend_model(model: nn.Module, config: dict) -> nn.Module:
+    """A module of `model`'s family built from `config`, holding `model`'s weights: the parts the
+    config adds start from their initialisation; every weight of `model` must fit the new one."""
+    extended = build_model(model.family, config)
+    _, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    if unexpected:
+        raise SystemExit(f"error: the new config drops weights of the checkpoint: {unexpected[:5]}")
+    return extended
+
+
+def trainable_parameters(model: nn.Module, prefix: str | None) -> list[nn.Parameter]:
+    """All parameters, or with a prefix only those under it; the others are frozen (no gradients)."""
+    if not prefix:
+        return list(model.parameters())
+    chosen = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(prefix))
+        if parameter.requires_grad:
+            chosen.append(parameter)
+    if not chosen:
+        raise SystemExit(f"error: --train-only {prefix}: the model has no parameters under that name")
+    return chosen
+
+
+class LossTrainer:
+    """A family with a `loss(x, y)`: one loss, one Adam."""
+
+    def __init__(self, model: nn.Module, args, distributed: bool):
+        self.model = model
+        self.parameters = trainable_parameters(model, args.train_only)
+        objective = Objective(model)
+        self.objective = DistributedDataParallel(objective) if distributed else objective
+        self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(args.beta1, 0.999))
+        self.grad_clip = args.grad_clip
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
+        self.model.train()
+        loss, logs = self.objective(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item(), **logs}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def export(self) -> nn.Module:
+        return self.model
+
+
+class GANTrainer:
+    """DCGAN: the non-saturating game, plus an exponential moving average of the generator
+    (what is shipped; its batchnorm statistics are re-estimated before each export)."""
+
+    def __init__(self, model: DCGAN, args, distributed: bool):
+        self.model = model
+        wrap = DistributedDataParallel if distributed else (lambda m: m)
+        self.generator = wrap(model.generator)
+        self.discriminator = wrap(model.discriminator)
+        betas = (args.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(model.generator.parameters(), lr=args.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=args.lr, betas=betas)
+        self.hinge = args.gan_loss == "hinge"
+        self.ema = build_model(model.family, dataclasses.asdict(model.config)).generator.to(args.device)
+        self.ema.load_state_dict(model.generator.state_dict())
+        self.ema_decay = args.ema
+        self.ema_updates = 0
+        self.latent_dim = model.config.latent_dim
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
+        self.model.train()
+        b = x.shape[0]
+        z = torch.randn(b, self.latent_dim, generator=noise).to(x.device)
+        fake = (self.generator(z) + 1) / 2
+        # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
+        d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
+        if self.hinge:
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        else:
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # Generator: raise the discriminator's score of the fakes (the non-saturating loss).
+        d_fake_for_g = self.discriminator(fake)
+        if self.hinge:
+            loss_g = -d_fake_for_g.mean()
+        else:
+            loss_g = F.binary_cross_entropy_with_logits(d_fake_for_g, torch.ones_like(d_fake_for_g))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        # The average warms up (TensorFlow's num_updates rule) so that early exports are not
+        # dominated by the initial weights: decay min(ema, (1 + t) / (10 + t)) at update t.
+        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        self.ema_updates += 1
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.model.generator.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_g, self.opt_d]
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "ema_updates": self.ema_updates,
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.ema_updates = state.get("ema_updates", 10 ** 9)  # states saved before the warm-up: none
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    @torch.no_grad()
+    def export(self, batches: int = 50, batch_size: int = 256) -> nn.Module:
+        """A DCGAN whose generator is the EMA one, with batchnorm statistics measured on it."""
+        device = next(self.ema.parameters()).device
+        exported = build_model(self.model.family, dataclasses.asdict(self.model.config)).to(device)
+        exported.load_state_dict(self.model.state_dict())
+        exported.generator.load_state_dict(self.ema.state_dict())
+        generator = exported.generator.train()
+        for module in generator.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the batches below
+        calibration = torch.Generator().manual_seed(0)
+        for _ in range(batches):
+            generator(torch.randn(batch_size, self.latent_dim, generator=calibration).to(device))
+        for module in generator.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
+        return exported.eval()
+
+
+TRAINERS = {"loss": LossTrainer, "adversarial": GANTrainer}
