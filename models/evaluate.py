@@ -245,10 +245,11 @@ def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
                     quiet=quiet)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def grid_time(model: nn.Module, n: int = 16, repeats: int = 3) -> dict:
     """The wall time of one n-image grid (seeds 0 .. n-1), best of `repeats` after a warm-up, with
-    the current torch threads: what a user of a sequential sampler waits for, on this machine."""
+    the current torch threads and in inference mode, as the server's worker runs it: what a user
+    of a sequential sampler waits for, on this machine."""
     model.sample_for_seeds(range(n))
     best = float("inf")
     for _ in range(repeats):
