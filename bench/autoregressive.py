@@ -11,7 +11,9 @@ cores less one):
   every activation once, the sampler's `limit` below;
 - through a real `genserve serve` process (started as the README starts it, on loopback): the wall
   time of `POST .../samples` for 16 images and for 1, and of the same 16 as an event stream (the
-  demo's row-by-row drawing) until its `done` event, each the median of `--repeats` warm runs;
+  demo's row-by-row drawing) until its `done` event, each the median of `--repeats` warm runs,
+  with httpx and, for the plain and streamed 16, with a raw socket that parses nothing (a light
+  client: httpx parses each of the stream's chunks on the cores the server needs);
 - the time per pixel step (the 16-image answer over the pixels of one image) against its
   arithmetic at the measured rate;
 - with `--naive`: the naive sampler (the whole network per pixel) on the same 16 images, in
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import tempfile
 import time
@@ -117,6 +120,30 @@ def api_seconds(client: httpx.Client, name: str, body: dict, repeats: int, strea
     return statistics.median(times)
 
 
+def raw_seconds(address: tuple[str, int], name: str, body: dict, repeats: int, stream: bool = False) -> float:
+    """`api_seconds` with a raw socket: one request per connection, the answer read into one
+    buffer as it comes and parsed by nobody, so that the client takes almost no CPU from the
+    two cores the server needs (httpx parses each of a stream's 28 chunks as it arrives)."""
+    times = []
+    for attempt in range(repeats + 1):
+        payload = json.dumps({**body, "seed": 100 + attempt}).encode()
+        head = (f"POST /v1/models/{name}/samples HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                + ("Accept: text/event-stream\r\n" if stream else "") + "\r\n").encode()
+        answer = bytearray()
+        start = time.perf_counter()
+        with socket.create_connection(address) as sock:
+            sock.sendall(head + payload)
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+        elapsed = time.perf_counter() - start
+        if not answer.startswith(b"HTTP/1.1 200") or (stream and b"event: done" not in answer):
+            raise RuntimeError(f"{name}: unexpected answer {bytes(answer[:200])!r}")
+        if attempt:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
 def measure(path: Path, client: httpx.Client, gflops: float, args: argparse.Namespace) -> dict:
     model, card = load_checkpoint(path)
     name = path.name
@@ -137,6 +164,10 @@ def measure(path: Path, client: httpx.Client, gflops: float, args: argparse.Name
     row["stream_16_s"] = round(api_seconds(client, name, {"n": GRID}, args.repeats, stream=True), 3)
     row["api_16_forward_passes"] = round(row["api_16_s"] / forward_s, 2)
     row["stream_over_plain"] = round(row["stream_16_s"] / row["api_16_s"], 3)
+    address = (client.base_url.host, client.base_url.port)
+    row["raw_16_s"] = round(raw_seconds(address, name, {"n": GRID}, args.repeats), 3)
+    row["raw_stream_16_s"] = round(raw_seconds(address, name, {"n": GRID}, args.repeats, stream=True), 3)
+    row["raw_stream_over_plain"] = round(row["raw_stream_16_s"] / row["raw_16_s"], 3)
     row["step_ms"] = round(row["api_16_s"] / (height * width) * 1000, 3)
     row["step_limit_ms"] = round(limit_s / (height * width) * 1000, 4)
     row["step_over_limit"] = round(row["step_ms"] / row["step_limit_ms"], 1)
@@ -175,12 +206,14 @@ def resized(model: nn.Module, target: int) -> nn.Module:
 def print_table(rows: list[dict], threads: int, gflops: float) -> None:
     print(f"\n{threads} torch thread(s), {gflops:.1f} GFLOP/s measured (float32 matrix product)\n")
     print("| model | parameters | test bits/dim | forward, 16 images (s) | limit, 16 images (s) | API, 16 images (s) "
-          "| API, 1 image (s) | event stream, 16 (s) | pixel step (ms) | step over its arithmetic |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| API, 1 image (s) | event stream, 16 (s) | raw socket: plain / stream, 16 (s) | pixel step (ms) "
+          "| step over its arithmetic |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['parameters']:,} | {r['test_bits_per_dim']} | {r['forward_16_s']} | {r['limit_16_s']} "
-              f"| {r['api_16_s']} ({r['api_16_forward_passes']} passes) | {r['api_1_s']} | {r['stream_16_s']} "
-              f"| {r['step_ms']} | {r['step_over_limit']}x |")
+              f"| {r['api_16_s']} ({r['api_16_forward_passes']} passes) | {r['api_1_s']} "
+              f"| {r['stream_16_s']} ({r['stream_over_plain']}x) | {r['raw_16_s']} / {r['raw_stream_16_s']} "
+              f"({r['raw_stream_over_plain']}x) | {r['step_ms']} | {r['step_over_limit']}x |")
 
 
 def main(argv: list[str] | None = None) -> None:
