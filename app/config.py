@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.schemas import MAX_LIST
@@ -34,8 +34,11 @@ class Settings(BaseSettings):
 
     # Request limits, reported by GET /v1/models.
     max_n: int = Field(64, ge=1, description="most images one request may ask for")
-    max_n_pixelcnn: int = Field(16, ge=1, description="most images one request may ask of a model that samples "
-                                                     "pixel by pixel (PixelCNN, PixelRNN)")
+    max_n_sequential: int = Field(
+        16, ge=1, validation_alias=AliasChoices("max_n_sequential", "GENSERVE_MAX_N_SEQUENTIAL",
+                                                "max_n_pixelcnn", "GENSERVE_MAX_N_PIXELCNN"),
+        description="most images one request may ask of a model that samples pixel by pixel (PixelCNN, "
+                    "PixelRNN); GENSERVE_MAX_N_PIXELCNN, its old name, is still read (deprecated)")
     max_steps: int = Field(32, ge=2, description="most steps of an interpolation")
     max_terms: int = Field(16, ge=1, le=MAX_LIST, description="most terms of latent arithmetic, or seeds of one latent")
     max_image_bytes: int = Field(MiB, ge=1, description="largest decoded image upload")
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="most images in one merged forward pass")
     queue_size: int = Field(256, ge=1, description="most requests waiting; more are answered 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
+    saturation_wait_s: float = Field(5.0, gt=0, description="a model whose oldest queued request has waited longer "
+                                     "is reported saturated by /readyz")
     fault_pass_delay_s: float = Field(0.0, ge=0, description="fault injection for tests and drills: every forward "
                                       "pass first waits this long (0 in production)")
 
@@ -68,8 +73,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a request's headers")
     body_timeout_s: float = Field(30.0, gt=0, description="time a client has to send a request's body, once "
                                   "its headers are in")
-    max_connections: int = Field(512, ge=1, description="open connections (and requests) at most; a request "
-                                 "past it is answered 503 by the server")
+    max_connections: int = Field(512, ge=1, description="requests in flight at most (past it a request is answered "
+                                 "503 with Retry-After; /healthz and /readyz are exempt), and open connections before "
+                                 "each new one closes the connection idling longest between requests")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest request line and headers")
     admin_token: SecretStr | None = Field(None, description="bearer token for /v1/admin/*; admin is off when unset")
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
@@ -97,7 +103,8 @@ class Settings(BaseSettings):
         """The limits a client may need to know, as GET /v1/models reports them."""
         return {
             "max_n": self.max_n,
-            "max_n_pixelcnn": self.max_n_pixelcnn,
+            "max_n_sequential": self.max_n_sequential,
+            "max_n_pixelcnn": self.max_n_sequential,  # the old name of the same limit (deprecated)
             "max_steps": self.max_steps,
             "max_terms": self.max_terms,
             "max_image_bytes": self.max_image_bytes,

@@ -103,7 +103,7 @@ async def resolve(model: ServedModel, specs: Sequence[tuple[list, Latent]], enco
         elif kind == "class":
             rows.append(class_latent(model, spec.class_, loc + ["class"]).mean)
         else:
-            if "encode" not in model.capabilities:
+            if "image_latent" not in model.capabilities:
                 raise CapabilityError(f"model {model.name!r} cannot encode images; its capabilities are "
                                       f"{list(model.capabilities)}")
             images.append((index, loc + ["image"], spec.image))

@@ -16,16 +16,18 @@ from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
 from app.config import Settings
-from app.errors import install_error_handlers
+from app.errors import RETRY_AFTER_S, install_error_handlers
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.middleware import BodyLimit, RequestMetrics, SecurityHeaders
-from app.registry import Registry, resolve_device
+from app.middleware import BodyLimit, HeadAsGet, InFlightLimit, RequestMetrics, SecurityHeaders
+from app.registry import Registry
 from app.routes import admin, generate, health, images, models, oip
 from app.worker import Worker
+from models.checkpoint import resolve_device
 
 STATIC_DIR = Path(__file__).parent / "static"
 DOCS_PATH, DOCS_ASSETS = "/docs", "/docs/assets"  # Swagger UI from the swagger-ui-bundle wheel: no CDN
+PROBES = ("/healthz", "/readyz", "/metrics")  # answered even when the server is saturated
 
 DESCRIPTION = """
 Trained image generators over HTTP: a class-conditional **PixelCNN** and **PixelRNN**, a **VAE**
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     worker = Worker(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
                     queue_size=settings.queue_size, timeout_s=settings.request_timeout_s,
                     channels_last=settings.channels_last, dtype=settings.dtype,
-                    pass_delay_s=settings.fault_pass_delay_s)
+                    pass_delay_s=settings.fault_pass_delay_s, requests_in_server=lambda: metrics.in_progress)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -80,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # innermost: metrics and CORS see its 413s
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(InFlightLimit, max_requests=settings.max_connections, exempt=PROBES, retry_after_s=RETRY_AFTER_S)
     app.add_middleware(SecurityHeaders, docs_path=DOCS_PATH)
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     if settings.cors_origins:

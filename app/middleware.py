@@ -1,5 +1,5 @@
-"""Plain ASGI middleware: the request body limit, security headers, and per-request metrics and the
-request log line."""
+"""Plain ASGI middleware: the request body limit, the cap on requests in flight, HEAD for every GET
+route, security headers, and per-request metrics and the request log line."""
 
 from __future__ import annotations
 
@@ -73,6 +73,58 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+class InFlightLimit:
+    """At most `max_requests` requests in flight (being read, waiting for the worker, or being
+    answered); past it a request is answered 503 with Retry-After at once, in the service's JSON
+    like its other errors. The probes (health, readiness, metrics) are not counted and never
+    refused: a saturated server is still alive, and says so."""
+
+    def __init__(self, app: ASGIApp, max_requests: int, exempt: tuple[str, ...], retry_after_s: int):
+        self.app = app
+        self.max_requests = max_requests
+        self.exempt = exempt
+        self.in_flight = 0
+        self.refusal = JSONResponse({"detail": f"the server has {max_requests} requests in flight "
+                                               "(max_connections); retry later"},
+                                    status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_requests:
+            await self.refusal(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+class HeadAsGet:
+    """HEAD on every GET route, as HTTP asks of a server (monitors and CDNs check with it): the
+    GET's status and headers, Content-Length included, without the body. A route that has no GET
+    answers 405 as it would to GET."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_head(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_head)
+
+
 # The demo page loads only its own scripts, styles and images (PNGs come back as blob: and data: URLs),
 # and no other site may frame it.
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
@@ -80,6 +132,10 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none
 # Swagger UI's page starts itself with an inline script and sets inline styles; its assets are local.
 DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+# Every answer's, the server's own refusals (408, 431) included.
+BASIC_SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                          (b"x-frame-options", b"DENY")]
 
 
 class SecurityHeaders:
@@ -90,10 +146,8 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp, docs_path: str):
         self.app = app
         self.docs_path = docs_path
-        common = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                  (b"x-frame-options", b"DENY")]
-        self.page_headers = common + [(b"content-security-policy", PAGE_POLICY.encode())]
-        self.docs_headers = common + [(b"content-security-policy", DOCS_POLICY.encode())]
+        self.page_headers = BASIC_SECURITY_HEADERS + [(b"content-security-policy", PAGE_POLICY.encode())]
+        self.docs_headers = BASIC_SECURITY_HEADERS + [(b"content-security-policy", DOCS_POLICY.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -7,6 +7,7 @@ model can do, and what it costs, its family declares (`models/`); nothing here n
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import threading
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from starlette.concurrency import run_in_threadpool
 from torch import nn
 
-from models.checkpoint import FAMILIES, CheckpointError, load_checkpoint, read_card
+from models.checkpoint import CheckpointError, load_checkpoint, read_card
+from models.families import FAMILIES
 
 log = logging.getLogger("genserve.registry")
 
@@ -50,7 +53,7 @@ class ServedModel:
 
     @property
     def latent_dim(self) -> int | None:
-        return getattr(self.module, "latent_dim", None)
+        return self.module.latent_dim
 
     @property
     def classes(self) -> list[str]:
@@ -58,7 +61,10 @@ class ServedModel:
 
     @property
     def capabilities(self) -> tuple[str, ...]:
-        return tuple(self.module.capabilities)
+        """The family's, and "encode", the old name of "image_latent", for the API's older clients
+        (deprecated: it meant an image -> latent, by an encoder or by a projection)."""
+        declared = tuple(self.module.capabilities)
+        return declared + ("encode",) if "image_latent" in declared else declared
 
     @property
     def conditional(self) -> bool:
@@ -67,9 +73,9 @@ class ServedModel:
 
     def max_n(self, limits: dict) -> int:
         """The most images per request: sequential samplers (one network step per pixel) have
-        their own, lower cap (`max_n_pixelcnn`, named after the first of them)."""
+        their own, lower cap (`max_n_sequential`)."""
         if self.module.sequential_sampling:
-            return min(limits["max_n"], limits["max_n_pixelcnn"])
+            return min(limits["max_n"], limits["max_n_sequential"])
         return limits["max_n"]
 
     def info(self, limits: dict) -> dict:
@@ -94,12 +100,6 @@ class ServedModel:
                 "epochs": training.get("epochs"),
             },
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _class_latents(card: dict, latent_dim: int) -> dict[str, ClassLatent]:
@@ -162,13 +162,29 @@ class Registry:
         self.failed: dict[str, str] = {}
         self.loaded = False
         self._loading = threading.Lock()
+        self._reloading: asyncio.Future | None = None
 
     def load(self) -> None:
         """Load every servable checkpoint; swap the new set in at once so readers never see half;
-        then freeze the heap, the new models with the rest."""
+        then freeze the heap, the new models with the rest. The heap is unfrozen first, so that the
+        collector reaches the models replaced (frozen, their reference cycles would never be freed:
+        each reload kept a copy)."""
         with self._loading:
+            gc.unfreeze()
             self._load()
             freeze_heap()
+
+    async def reload(self) -> None:
+        """`load` in a thread, coalesced: a reload asked for while one runs waits for that one and
+        starts none of its own (32 at once ran 32 loads one after another, each holding a copy of
+        every model)."""
+        if self._reloading is None:
+            self._reloading = asyncio.ensure_future(run_in_threadpool(self.load))
+            self._reloading.add_done_callback(self._reloaded)
+        await asyncio.shield(self._reloading)
+
+    def _reloaded(self, _: asyncio.Future) -> None:
+        self._reloading = None
 
     def _load(self) -> None:
         models, failed = {}, {}

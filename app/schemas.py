@@ -120,7 +120,7 @@ class SamplesRequest(Body):
         {"n": 8, "seed": 3, "class": "Sneaker", "nrow": 4},
     ]})
 
-    n: int = Field(16, ge=1, description="images, at most max_n (max_n_pixelcnn for PixelCNN and PixelRNN)")
+    n: int = Field(16, ge=1, description="images, at most max_n (max_n_sequential for PixelCNN and PixelRNN)")
     seed: Seed | None = Field(None, description="image i is the image of seed + i; random when omitted")
     temperature: Temperature = 1.0
     class_: ClassName | None = Field(None, alias="class", description="PixelCNN, PixelRNN: the conditioning label; "
@@ -230,7 +230,7 @@ class CompleteRequest(ImageRequest):
         {"image": TINY_PNG, "keep_rows": 14, "n": 4, "seed": 1, "temperature": 1.0}]})
 
     keep_rows: int = Field(14, ge=0, description="rows kept from the top of the image; the rest are sampled")
-    n: int = Field(4, ge=1, description="completions, at most max_n_pixelcnn")
+    n: int = Field(4, ge=1, description="completions, at most max_n_sequential")
     seed: Seed | None = Field(None, description="completion i uses seed + i; random when omitted")
     temperature: Temperature = 1.0
     class_: ClassName | None = Field(None, alias="class", description="the completions' class "
@@ -271,7 +271,8 @@ class LatentMap(BaseModel):
 
 class Limits(BaseModel):
     max_n: int
-    max_n_pixelcnn: int
+    max_n_sequential: int = Field(description="most images per request of a model that samples pixel by pixel")
+    max_n_pixelcnn: int = Field(description="the same as max_n_sequential, its old name", deprecated=True)
     max_steps: int
     max_terms: int
     max_image_bytes: int
@@ -318,6 +319,9 @@ class Readiness(BaseModel):
     ready: bool
     models: list[str]
     failed: dict[str, str] = Field(description="checkpoint folders that did not load, and why")
+    saturated: dict[str, float] = Field(
+        default_factory=dict, description="models whose oldest queued request has waited longer than "
+        "saturation_wait_s, and how long (seconds)")
 
 
 class ErrorDetail(BaseModel):

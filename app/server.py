@@ -5,8 +5,15 @@ uvicorn bounds only the idle time between two requests of a connection (`keep_al
 closes a connection that stops in the middle of a request's headers or body, so a few hundred of
 them would hold the server's connections forever (slowloris). `GuardedHttpToolsProtocol` and
 `GuardedH11Protocol` add the two deadlines nginx calls client_header_timeout and
-client_body_timeout, and the httptools one the header size limit that uvicorn gives only h11
-(`max_header_bytes`: 431, as nginx's large_client_header_buffers).
+client_body_timeout, and a bound on a request's head (`max_header_bytes`: 431, as nginx's
+large_client_header_buffers) that holds however the head arrives: in one read or trickled.
+
+uvicorn's own cap (`limit_concurrency`) counts idle keep-alive connections, so 512 pooled clients
+that had each sent one request locked every new client out with a plain-text 503 for as long as
+they idled. Here the cap on sockets makes room instead: past `max_connections` open connections,
+each new one closes the connection idling longest between requests (as nginx reuses its keep-alive
+connections), never one with a request begun. The cap on requests in flight, answered with the
+service's JSON 503 and Retry-After, is the app's (`app.middleware.InFlightLimit`).
 
 Each connection's transport is a `CoalescingTransport`: a response leaves in one send(), not two.
 
@@ -22,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import json
+import re
 
 import h11
 import uvicorn
@@ -29,6 +39,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import Settings
+from app.middleware import BASIC_SECURITY_HEADERS
 
 HEADERS, BODY = "headers", "body"
 
@@ -112,10 +123,24 @@ class _Deadlines:
             self.header_timeout_s, self.body_timeout_s, self.max_header_bytes = _limits_from_environment()
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        # The connection cap is kept here (see the module's docstring), not by uvicorn's check.
+        self.max_connections, self.limit_concurrency = self.limit_concurrency, None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))
         self._set_phase(HEADERS)
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Close the connections idling longest between requests until the open ones are within the
+        cap. Idle means a response went out and not one byte of a next request came in (uvicorn's
+        keep-alive timer runs): no request a client has sent is cut off."""
+        open_connections = [c for c in self.connections if not c.transport.is_closing()]
+        excess = len(open_connections) - self.max_connections
+        idle = [c for c in open_connections if c.timeout_keep_alive_task is not None]
+        for connection in heapq.nsmallest(excess, idle, key=lambda c: c.timeout_keep_alive_task.when()):
+            connection.timeout_keep_alive_handler()  # uvicorn's own close of an idle connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_phase(None)
@@ -141,20 +166,56 @@ class _Deadlines:
         else:
             self.transport.close()  # the app, if it waits for the body, sees a disconnect
 
+    def _refuse_large_head(self) -> None:
+        self._set_phase(None)
+        self._refuse(431, "Request Header Fields Too Large",
+                     f"the request's headers are larger than {self.max_header_bytes} bytes")
+
     def _refuse(self, status: int, reason: str, detail: str) -> None:
-        """Answer `status` in plain text and close (the app has not begun on the request)."""
-        body = f"{detail}\n".encode()
-        self.transport.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+        """Answer `status` as the app answers its errors (JSON {"detail": ...}, the security
+        headers) and close: the app has not begun on the request."""
+        body = json.dumps({"detail": detail}).encode()
+        head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json",
+                f"content-length: {len(body)}", "connection: close",
+                *(f"{name.decode()}: {value.decode()}" for name, value in BASIC_SECURITY_HEADERS)]
+        self.transport.write("\r\n".join(head).encode() + b"\r\n\r\n" + body)
         self.transport.close()
 
 
+class HeadTooLarge(Exception):
+    """Raised inside the parser's callbacks: the head passed `max_header_bytes`."""
+
+
 class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
-    """uvicorn's httptools protocol with the read deadlines and a bound on a request's headers."""
+    """uvicorn's httptools protocol with the read deadlines and a bound on a request's headers,
+    counted twice: the bytes received while a head is incomplete (a head that never ends), and the
+    parsed request line and headers (a whole head that came in one read)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._header_bytes = 0
+        self._parsed_head_bytes = 0
+        self._head_too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        self._parsed_head_bytes += size
+        if self._parsed_head_bytes > self.max_header_bytes:
+            self._head_too_large = True
+            raise HeadTooLarge  # the parser stops; uvicorn answers through send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._refuse_large_head()
+        else:
+            super().send_400_response(msg)
 
     def data_received(self, data: bytes) -> None:
         counted = self._phase == HEADERS
@@ -165,14 +226,13 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
             self._header_bytes += len(data)
         # Still in the headers past the limit (a chunk that completes them is not counted against it).
         if self._phase == HEADERS and self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
-            self._set_phase(None)
-            self._refuse(431, "Request Header Fields Too Large",
-                         f"the request's headers are larger than {self.max_header_bytes} bytes")
+            self._refuse_large_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._phase != HEADERS:
             self._header_bytes = 0
+        self._parsed_head_bytes = 0
         self._set_phase(HEADERS)
 
     def on_headers_complete(self) -> None:
@@ -185,8 +245,23 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         self._set_phase(None)  # the request is in: the app works on it, then the connection idles
 
 
+# The end of a request's head: h11 takes a bare LF as a line end too.
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
 class GuardedH11Protocol(_Deadlines, H11Protocol):
-    """uvicorn's h11 protocol with the read deadlines (h11 bounds the headers itself)."""
+    """uvicorn's h11 protocol with the read deadlines and a bound on a request's head (h11's own,
+    `h11_max_incomplete_event_size`, bounds only a head still incomplete: a larger one that came
+    whole in one read passed)."""
+
+    def handle_events(self) -> None:
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            buffered = self.conn.trailing_data[0]
+            end = HEAD_END.search(buffered)
+            if (end.end() if end else len(buffered)) > self.max_header_bytes:
+                self._refuse_large_head()
+                return
+        super().handle_events()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

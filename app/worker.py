@@ -1,7 +1,8 @@
 """The inference worker: one thread per device owns the models and runs every forward pass.
 
-Requests reach it as jobs on a bounded queue. When the worker is free it takes the job at the head
-and every queued job that can share its pass (same model, operation and parameters), up to
+Requests reach it as jobs on a bounded queue. When the worker is free it takes the oldest job of
+the model it served least recently (models take turns, so a slow model never holds a fast one for
+more than a pass) and every queued job that can share its pass (same model, operation and parameters), up to
 `max_batch` images, into one forward pass under `torch.inference_mode()`, and splits the result
 back. A lone request never waits for company: under load, the requests that arrive while a pass
 runs make up the next one (at concurrency 1 a fixed 2 ms window cost 0.7x the unbatched
@@ -26,6 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +120,7 @@ def _merge(jobs: list[Job], device: torch.device, dtype: torch.dtype) -> list[to
 class Worker:
     def __init__(self, device: torch.device, metrics: Metrics, *, batch_wait_ms: float, max_batch: int,
                  queue_size: int, timeout_s: float, channels_last: bool = True, dtype: str = "float32",
-                 pass_delay_s: float = 0.0):
+                 pass_delay_s: float = 0.0, requests_in_server: Callable[[], int] = lambda: 0):
         self.device = device
         self.channels_last = channels_last
         # Half precision only on CUDA: on the CPU it is slower or changes images by several gray levels.
@@ -130,12 +132,15 @@ class Worker:
         self.queue_size = queue_size
         self.timeout_s = timeout_s
         self.pass_delay_s = pass_delay_s  # fault injection: a forward pass this much slower
+        self.requests_in_server = requests_in_server  # requests begun by the server, queued or not
         self._held = False
         self._pending: deque[Job] = deque()
+        self._passes = 0
+        self._last_served: dict[str, int] = {}  # model name -> the pass that last served it
         self._changed = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        metrics.queue_depth.set_function(lambda: len(self._pending))
+        metrics.watch_queue(lambda: len(self._pending), self.oldest_waits)
 
     # -- the event loop's side -----------------------------------------------------------------
 
@@ -217,7 +222,7 @@ class Worker:
                 self._changed.wait()
             if self._stopping:
                 return None
-            head = self._pending[0]
+            head = self._fair_head()
             deadline = head.enqueued + self.batch_wait_s
             while (remaining := deadline - time.monotonic()) > 0 and self._arriving() and not self._stopping:
                 if sum(job.size for job in self._pending if job.key == head.key) >= self.max_batch:
@@ -235,10 +240,32 @@ class Worker:
             self._pending = kept
             return batch
 
+    def _fair_head(self) -> Job:
+        """The job the next pass is built around: the oldest job of the model served least
+        recently. Each model with work waiting gets a pass in turn (round robin), so a slow model's
+        queue (a PixelCNN pass takes a third of a second, a DCGAN one milliseconds) delays a fast
+        model's request by one pass at most, never by the whole queue ahead of it."""
+        head = None
+        for job in self._pending:
+            if head is None or self._last_served.get(job.model.name, -1) < self._last_served.get(head.model.name, -1):
+                head = job
+        self._passes += 1
+        self._last_served[head.model.name] = self._passes
+        return head
+
+    def oldest_waits(self) -> dict[str, float]:
+        """Seconds the oldest queued job of each model with work waiting has waited."""
+        now = time.monotonic()
+        with self._changed:
+            waits: dict[str, float] = {}
+            for job in self._pending:
+                waits.setdefault(job.model.name, now - job.enqueued)
+        return waits
+
     def _arriving(self) -> bool:
         """Whether requests are in the server that have not queued a job (yet): being read,
         validated, or drawing their latents (or on their way out)."""
-        return self.metrics.in_progress > len(self._pending)
+        return self.requests_in_server() > len(self._pending)
 
     def _run(self, batch: list[Job]) -> None:
         batch = [job for job in batch if not job.abandoned]

@@ -77,7 +77,7 @@ from fastapi import Response
 
 from app.config import Settings
 from app.imaging import grid_png
-from app.registry import resolve_device
+from models.checkpoint import resolve_device
 from bench.process import READY_TIMEOUT_S, REPO, Server, free_port, running_server, snapshot
 from bench.serve import Result
 from models.checkpoint import load_checkpoint

@@ -18,6 +18,8 @@ docs/reliability.md records:
   * bursts: `--bursts` rounds of `--burst-requests` samples (n=4), `--concurrency` at a time from
     one shared httpx.AsyncClient pool, `--burst-gap` idle seconds between rounds: requests lost
     (a transport error, no answer) and requests the server counted.
+  * saturation (issue 28, bench/saturation.py): 520 idle keep-alive connections and new clients
+    beside them; a DCGAN request's latency behind 8 and 16 concurrent PixelCNN requests.
 The weights are copied to a temporary folder first (training may rewrite them meanwhile), and
 each checkpoint is verified there with models.checkpoint.load_checkpoint.
 """
@@ -42,7 +44,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench import hostile
+from bench import hostile, saturation
 from bench.process import running_server, snapshot
 
 OVERLOAD_SETTINGS = {"queue_size": 8, "request_timeout_s": 10, "max_batch": 64}
@@ -350,6 +352,11 @@ def main() -> None:
                   f"shared pool, {args.burst_gap:g} s apart: statuses {dict(sorted(b.statuses.items()))}, lost per "
                   f"burst {b.lost} ({sum(b.lost)} in all, {dict(b.errors)}), counted by the server {b.counted} of "
                   f"{b.sent}; {b.wall_s:.0f} s")
+
+        with running_server(weights, Path(tmp) / "saturation.log", threads=args.threads) as server:
+            print("saturation, lockout:", saturation.lockout(server))
+            for slow in (8, 16):
+                print("saturation, starvation:", saturation.starvation(server, slow))
 
         with running_server(weights, Path(tmp) / "soak.log", threads=args.threads) as server:
             outcomes = hostile.barrage(server.url)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.contract import Family
+
 
 def softmax_head(channels: int, head_channels: int, image_channels: int, levels: int) -> nn.Sequential:
     """Features [B, channels, H, W] -> `levels` logits per sub-pixel, [B, image_channels * levels, H, W]."""
@@ -31,13 +33,13 @@ def softmax_head(channels: int, head_channels: int, image_channels: int, levels:
 CLASS_PASS_IMAGES = 128
 
 
-class AutoregressiveModel(nn.Module):
+class AutoregressiveModel(Family):
     """Subclasses set `config.image_shape`, `config.levels`, `config.n_classes` (0: unconditional)."""
 
     # "stream": samples are drawn a row at a time, so they can stream as events.
     capabilities = ("sample", "stream", "complete", "likelihood")
     sequential_sampling = True  # one network step per pixel: the cost hint that caps request sizes
-    exact_likelihood = True
+    likelihood = "exact"
     # The trained memory layout: a float change may flip a sampled pixel, and the incremental
     # sampler must match the naive one exactly.
     channels_last = False
@@ -123,11 +125,6 @@ class AutoregressiveModel(nn.Module):
         picked = torch.searchsorted(cdf, u.to(cdf)[:, None]).squeeze(1)
         return picked.clamp_(max=self.config.n_classes - 1)
 
-    @staticmethod
-    def bits_per_dim(log_prob_nats: torch.Tensor, num_dims: int) -> torch.Tensor:
-        """nats per image -> bits per sub-pixel: -log p / (dims * ln 2)."""
-        return -log_prob_nats / (num_dims * math.log(2))
-
     # -- sampling ----------------------------------------------------------------------------
 
     def draw_noise(self, n: int, generator: torch.Generator | None = None,
@@ -162,13 +159,6 @@ class AutoregressiveModel(nn.Module):
         """The images of these seeds [len(seeds), C, H, W], as `POST .../samples` draws them."""
         noise, cond = self.noise_for_seeds(seeds)
         return self.sample_from_noise(noise, temperature, cond)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
-               cond: torch.Tensor | None = None, fast: bool = True) -> torch.Tensor:
-        """n images, float [n, C, H, W] in [0, 1]."""
-        noise, cond = self.draw_noise(n, generator, cond)
-        return self.sample_from_noise(noise, temperature, cond, fast=fast)
 
     @torch.no_grad()
     def complete(self, x: torch.Tensor, known_mask: torch.Tensor, generator: torch.Generator | None = None,

@@ -1,6 +1,6 @@
 """The standard recipes, trained for a fixed budget: what a user gets without genserve.
 
-    python -m models.baselines dcgan --minutes 45     # pytorch/examples' DCGAN, natively 28x28
+    python -m models.baselines dcgan --minutes 45 --threads 2   # pytorch/examples' cpp/dcgan, natively 28x28
     python -m models.baselines vae --minutes 10       # pytorch/examples' MLP VAE (784-400-20)
     python -m models.baselines pixelcnn --minutes 32.5 --threads 2   # jzbontar/pixelcnn-pytorch
     python -m models.evaluate runs/baselines/dcgan runs/baselines/vae runs/baselines/pixelcnn   # score them
@@ -12,7 +12,7 @@ time, and on a shared one wall-clock time would hand the recipe less compute tha
 At the end the recipe writes `baseline.json` (the recipe, budget, epochs and steps done) and what
 `models.evaluate` scores: for a recipe that samples at once, `samples.safetensors` (10,000 uint8
 images from fixed seeds) and a grid of the first 64, scored in the same feature space as the
-shipped models; for an explicit density (`exact_likelihood`), whose samples take one pass of the
+shipped models; for an explicit density (`likelihood = "exact"`), whose samples take one pass of the
 whole network per pixel, its weights (`weights.safetensors`, tensors only), scored by its test
 bits/dim as the shipped PixelCNN and PixelRNN are.
 """
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from models.checkpoint import sha256_file
 from models.data import load_dataset, to_float
+from models.dcgan import init_weights
 from models.grid import save_grid
 
 BASELINE_FILE = "baseline.json"
@@ -42,16 +43,75 @@ WEIGHTS_FILE = "weights.safetensors"
 
 
 class BaselineDCGAN(nn.Module):
-    """pytorch/examples' DCGAN (nz 100, ngf = ndf = 64, batchnorm, ReLU / LeakyReLU 0.2, tanh),
-    its 64x64 tower cut to the 28x28 images: 1 -> 7 -> 14 -> 28 in the generator and back."""
+    """pytorch/examples' native 28x28 DCGAN, `cpp/dcgan/dcgan.cpp`, layer by layer: G transposed
+    convolutions 100 -> 256 (4x4) -> 128 (7x7) -> 64 (14x14) -> 1 (28x28), D 1 -> 64 -> 128 -> 256
+    -> 1 with a sigmoid, no biases, libtorch's default initialisation (the C++ example has no
+    weights_init), BCE on probabilities, real labels drawn from U(0.8, 1.0), fake labels 0, one D
+    step then one G step on the same fakes, Adam 2e-4 with betas (0.5, 0.5), batch 64."""
+
+    recipe = ("pytorch/examples cpp/dcgan (native 28x28): G 100-256x4x4-128x7x7-64x14x14-1x28x28, "
+              "D 1-64-128-256-1 sigmoid, no biases, default init, BCE, real labels U(0.8, 1.0), "
+              "Adam 2e-4 betas (0.5, 0.5), batch 64")
+    batch_size, lr, betas, latent_dim = 64, 2e-4, (0.5, 0.5), 100
+    likelihood = "none"  # scored by its samples
+
+    def __init__(self):
+        super().__init__()
+        self.generator = nn.Sequential(
+            nn.ConvTranspose2d(self.latent_dim, 256, 4, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
+            nn.ConvTranspose2d(256, 128, 3, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.ConvTranspose2d(64, 1, 4, 2, 1, bias=False), nn.Tanh(),
+        )
+        self.discriminator = nn.Sequential(
+            nn.Conv2d(1, 64, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
+            nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2),
+            nn.Conv2d(256, 1, 3, 1, 0, bias=False), nn.Sigmoid(),
+        )
+        self.make_optimisers()
+
+    def make_optimisers(self) -> None:
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas)
+
+    def real_labels(self, n: int, noise: torch.Generator) -> torch.Tensor:
+        return torch.empty(n).uniform_(0.8, 1.0, generator=noise)  # the example's label smoothing
+
+    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict:
+        real = x * 2 - 1  # the example's Normalize(0.5, 0.5)
+        fake = self.generator(torch.randn(x.shape[0], self.latent_dim, 1, 1, generator=noise))
+        d_real, d_fake = self.discriminator(real).flatten(), self.discriminator(fake.detach()).flatten()
+        loss_d = (F.binary_cross_entropy(d_real, self.real_labels(x.shape[0], noise))
+                  + F.binary_cross_entropy(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        d_fake = self.discriminator(fake).flatten()
+        loss_g = F.binary_cross_entropy(d_fake, torch.ones_like(d_fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        # As the example draws its pictures: the generator still in training mode, batchnorm on
+        # the statistics of the batch (500 here).
+        return (self.generator(torch.randn(n, self.latent_dim, 1, 1, generator=generator)) + 1) / 2
+
+
+class BaselineDCGANPythonCut(BaselineDCGAN):
+    """A weaker second reference: pytorch/examples' Python `dcgan/main.py` (ngf = ndf = 64, its
+    weights_init, real labels 1, Adam betas (0.5, 0.999)), its 64x64 tower cut to 28x28 as
+    1 -> 7 -> 14 -> 28 in the generator and back. Kept for the figures recorded against it."""
 
     recipe = ("pytorch/examples dcgan at native 28x28: G 100-128x7x7-64x14x14-1x28x28, "
               "D 1-64-128-1, BCE, Adam 2e-4 beta1 0.5, batch 64")
-    batch_size, lr, betas, latent_dim = 64, 2e-4, (0.5, 0.999), 100
-    exact_likelihood = False  # scored by its samples
+    betas = (0.5, 0.999)
 
     def __init__(self, width: int = 64):
-        super().__init__()
+        nn.Module.__init__(self)
         g = d = width
         self.generator = nn.Sequential(
             nn.ConvTranspose2d(self.latent_dim, 2 * g, 7, 1, 0, bias=False), nn.BatchNorm2d(2 * g), nn.ReLU(True),
@@ -61,38 +121,13 @@ class BaselineDCGAN(nn.Module):
         self.discriminator = nn.Sequential(
             nn.Conv2d(1, d, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),
             nn.Conv2d(d, 2 * d, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * d), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * d, 1, 7, 1, 0, bias=False),
+            nn.Conv2d(2 * d, 1, 7, 1, 0, bias=False), nn.Sigmoid(),
         )
-        for module in self.modules():  # the example's weights_init
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.normal_(module.weight, 1.0, 0.02)
-                nn.init.zeros_(module.bias)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas)
+        self.apply(init_weights)  # the DCGAN paper's, which is the Python example's weights_init
+        self.make_optimisers()
 
-    def train_step(self, x: torch.Tensor, noise: torch.Generator) -> dict:
-        real = x * 2 - 1
-        fake = self.generator(torch.randn(x.shape[0], self.latent_dim, 1, 1, generator=noise))
-        d_real, d_fake = self.discriminator(real).flatten(), self.discriminator(fake.detach()).flatten()
-        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
-        d_fake = self.discriminator(fake).flatten()
-        loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        # As the example draws its pictures: the generator in training mode, batchnorm on the
-        # statistics of the batch (500 here), which for a GAN looks better than the running ones.
-        return (self.generator(torch.randn(n, self.latent_dim, 1, 1, generator=generator)) + 1) / 2
+    def real_labels(self, n: int, noise: torch.Generator) -> torch.Tensor:
+        return torch.ones(n)
 
 
 class BaselineVAE(nn.Module):
@@ -101,7 +136,7 @@ class BaselineVAE(nn.Module):
 
     recipe = "pytorch/examples vae: MLP 784-400-20-400-784, Bernoulli decoder (BCE), Adam 1e-3, batch 128"
     batch_size, lr, latent_dim = 128, 1e-3, 20
-    exact_likelihood = False
+    likelihood = "none"
 
     def __init__(self):
         super().__init__()
@@ -155,7 +190,7 @@ class BaselinePixelCNN(nn.Module):
     recipe = ("jzbontar/pixelcnn-pytorch: 8 masked 7x7 convs (A, then 7 B), 64 maps, batchnorm, ReLU, "
               "1x1 conv to 256 levels, cross-entropy, Adam 1e-3, batch 128")
     batch_size, lr, width, n_layers = 128, 1e-3, 64, 8
-    exact_likelihood = True
+    likelihood = "exact"
 
     def __init__(self):
         super().__init__()
@@ -182,7 +217,8 @@ class BaselinePixelCNN(nn.Module):
         return {"bits_per_dim": loss.item() / math.log(2)}
 
 
-RECIPES = {"dcgan": BaselineDCGAN, "vae": BaselineVAE, "pixelcnn": BaselinePixelCNN}
+RECIPES = {"dcgan": BaselineDCGAN, "dcgan-python-cut": BaselineDCGANPythonCut, "vae": BaselineVAE,
+           "pixelcnn": BaselinePixelCNN}
 
 
 def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed: int = 0, n_samples: int = 10000,
@@ -217,7 +253,7 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
     bar.close()
     out.mkdir(parents=True, exist_ok=True)
     weights_record: dict = {}
-    if model.exact_likelihood:
+    if model.likelihood == "exact":
         save_file({key: t.contiguous() for key, t in model.state_dict().items()}, str(out / WEIGHTS_FILE))
         weights_record["weights_sha256"] = sha256_file(out / WEIGHTS_FILE)  # evaluation checks it before loading
         n_samples = 0

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # The largest latent size a config may declare; the API caps latent vectors at this length too.
 MAX_LATENT_DIM = 1024
 MAX_CLASSES = 1000
-# Bounds on the config fields the families declare (a field without its own bound gets DEFAULT_BOUND).
+# Bounds on the config fields the shipped families share. A family declares its own in the field's
+# metadata, `field(default=4, metadata={"bounds": (1, 32)})`, which comes first; a field bounded
+# nowhere gets DEFAULT_BOUND.
 CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "latent_dim": (1, MAX_LATENT_DIM),
     "n_classes": (0, MAX_CLASSES),
@@ -123,7 +125,7 @@ def check_config(family: str, config_class: type, config: dict) -> None:
             if not (value is None or isinstance(value, (str, bool))) or len(str(value)) > MAX_CHOICE:
                 raise CardError(f"{family} config {name}={value!r} is not a short string or a boolean")
         else:
-            low, high = CONFIG_BOUNDS.get(name, DEFAULT_BOUND)
+            low, high = fields[name].metadata.get("bounds", CONFIG_BOUNDS.get(name, DEFAULT_BOUND))
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or not math.isfinite(value) or not low <= value <= high:
                 raise CardError(f"{family} config {name}={value!r} is outside [{low}, {high}]")

@@ -26,13 +26,8 @@ from torch import nn
 
 from models.card import CardError, check_config, validate_card
 
-from models.classifier import Classifier
-from models.dcgan import DCGAN
-from models.pixelcnn import PixelCNN
-from models.pixelrnn import PixelRNN
-from models.vae import VAE
+from models.families import FAMILIES
 
-FAMILIES: dict[str, type[nn.Module]] = {m.family: m for m in (PixelCNN, PixelRNN, VAE, DCGAN, Classifier)}
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 CARD_FORMAT = "genserve-card/1"
@@ -143,6 +138,14 @@ def update_card(directory: str | Path, **fields) -> dict:
             card[key] = value
     write_card(directory, card)
     return card
+
+
+def resolve_device(name: str) -> torch.device:
+    """A device setting ("auto": CUDA when there is one, else the CPU; "cpu", "cuda", "cuda:1" ...)
+    as a torch device: the one rule training, evaluation and the service share."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.contract import Family
+
 
 @dataclass
 class ClassifierConfig:
@@ -21,7 +23,7 @@ class ClassifierConfig:
         self.image_shape = tuple(self.image_shape)
 
 
-class Classifier(nn.Module):
+class Classifier(Family):
     family = "classifier"
     Config = ClassifierConfig
     capabilities = ()  # evaluation's judge: not a generator, so the service does not serve it

@@ -98,9 +98,10 @@ class DCGAN(LatentModel):
     family = "dcgan"
     Config = DCGANConfig
     summary = "Adversarial: a generator trained to fool a critic; sharp samples."
-    # "project": uploads become latents by optimising z against decode, as there is no encoder.
-    capabilities = ("sample", "interpolate", "arithmetic", "traverse", "encode", "project", "reconstruct")
-    objective = "adversarial"  # models.train plays the GAN game instead of minimising a `loss`
+    # "image_latent" by "project": uploads become latents by optimising z against decode, as there
+    # is no encoder.
+    capabilities = ("sample", "interpolate", "arithmetic", "traverse", "image_latent", "project", "reconstruct")
+    objective = "adversarial"  # models.train plays the GAN game between adversarial_parts()
 
     def __init__(self, config: DCGANConfig):
         super().__init__()
@@ -108,6 +109,9 @@ class DCGAN(LatentModel):
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
         self.apply(init_weights)
+
+    def adversarial_parts(self) -> tuple[nn.Module, nn.Module]:
+        return self.generator, self.discriminator
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> images, float [B, C, H, W] in [0, 1]."""

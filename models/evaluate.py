@@ -112,34 +112,24 @@ def completion_report(model: nn.Module, classifier: nn.Module, test: ImageDatase
 
 @torch.no_grad()
 def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: bool) -> dict:
-    """Test NLL in nats per image and bits/dim: exact, or the bound the model declares. A VAE with
-    a learned prior also reports its bound under N(0, I), which the prior is to improve on."""
+    """Test NLL in nats per image and bits/dim, as the model declares it: exact, or a bound with
+    its KL term (and any other bound the family reports beside it, from the same draws)."""
     device = next(model.parameters()).device
     dims = test.images[0].numel()
-    learned_prior = getattr(model, "prior", None) is not None
-    total, kl_total, standard_prior_total = 0.0, 0.0, 0.0
     generator = torch.Generator(device=device).manual_seed(0)
+    totals: dict[str, float] = {}
     for x in batches(test.images, batch_size, "test likelihood", quiet):
         x = x.to(device)
-        if model.exact_likelihood:
-            total -= float(model.nll(x).sum())
-            continue
-        state = generator.get_state()
-        terms = model.elbo(x, generator=generator)
-        total += float(terms["elbo"].sum())
-        kl_total += float(terms["kl"].sum())
-        if learned_prior:  # the same posterior draws, the other prior
-            generator.set_state(state)
-            standard_prior_total += float(model.elbo(x, generator=generator, learned_prior=False)["elbo"].sum())
-    nll = -total / len(test)
-    bits = round(nll / (dims * math.log(2)), 4)
-    if model.exact_likelihood:
-        return {"test_nll_nats": round(nll, 3), "test_bits_per_dim": bits}
-    out = {"test_elbo_nats": round(-nll, 3), "test_bits_per_dim": bits, "test_kl_nats": round(kl_total / len(test), 3),
-           "bound": "ELBO: an upper bound on the NLL, one posterior sample per image"}
-    if learned_prior:
-        out["bound"] += "; p(z) is the mixture prior fitted to the codes"
-        out["standard_prior_test_bits_per_dim"] = round(-standard_prior_total / len(test) / (dims * math.log(2)), 4)
+        terms = {"bound": -model.nll(x)} if model.likelihood == "exact" else model.bound_terms(x, generator)
+        for name, values in terms.items():
+            totals[name] = totals.get(name, 0.0) + float(values.sum())
+    per_image = {name: total / len(test) for name, total in totals.items()}
+    bits = {name: round(-value / (dims * math.log(2)), 4) for name, value in per_image.items()}
+    if model.likelihood == "exact":
+        return {"test_nll_nats": round(-per_image["bound"], 3), "test_bits_per_dim": bits["bound"]}
+    out = {"test_elbo_nats": round(per_image["bound"], 3), "test_bits_per_dim": bits["bound"],
+           "test_kl_nats": round(per_image["kl"], 3), "bound": model.likelihood_method}
+    out.update({f"{name}_test_bits_per_dim": bits[name] for name in per_image if name not in ("bound", "kl")})
     return out
 
 
@@ -150,7 +140,7 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
     has an encoder, else from generated samples that the classifier assigns to the class with high
     confidence (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim))."""
     device = next(model.parameters()).device
-    from_encoder = hasattr(model, "encode")
+    from_encoder = "encoder" in model.capabilities
     if from_encoder:
         mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])
         labels = train.labels
@@ -214,7 +204,7 @@ def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, li
     explicit density its test likelihood (the recipe rebuilt from code, its tensors loaded)."""
     record = json.loads((path / BASELINE_FILE).read_text())
     recipe = RECIPES[record["baseline"]]
-    if recipe.exact_likelihood:
+    if recipe.likelihood == "exact":
         verify_sha256(path / WEIGHTS_FILE, record["weights_sha256"], f"{BASELINE_FILE}'s")
         model = recipe().to(device)
         model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=device))  # names and shapes: strict
@@ -273,7 +263,7 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
         update_card(path, metrics=metrics)
         return metrics
     if "likelihood" in model.capabilities and not keep_likelihood:
-        metrics.update(likelihood(model, test, 100 if model.exact_likelihood else 500, quiet))
+        metrics.update(likelihood(model, test, 100 if model.likelihood == "exact" else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
     train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
     samples = draw_samples(model, n_samples, quiet)

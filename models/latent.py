@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from models.contract import Family
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -23,13 +24,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return out.to(a.dtype)
 
 
-class LatentModel(nn.Module):
+class LatentModel(Family):
     """What the VAE and the DCGAN share: a prior over z (N(0, I) unless a subclass fits one) and a
     decoder from z to images.
 
     Subclasses set `config.latent_dim` and `capabilities`, and define `decode(z)`."""
 
-    sequential_sampling = False
     channels_last = True  # convolutional decoders run faster in that memory format on the CPU
     class_conditional = False  # classes come from the card's class latents, not from a label input
 
@@ -57,12 +57,6 @@ class LatentModel(nn.Module):
     def sample_for_seeds(self, seeds, temperature: float = 1.0) -> torch.Tensor:
         """The images of these seeds [len(seeds), C, H, W], as `POST .../samples` draws them."""
         return self.decode(self.latents_for_seeds(seeds, temperature).to(next(self.parameters()).device))
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images, float [n, C, H, W] in [0, 1], decoded from prior draws."""
-        z = self.sample_latents(n, generator).to(next(self.parameters()).device)
-        return self.decode(z)
 
 
 # -- projection: an image's latent for a model that has only a decoder ------------------------------
@@ -114,9 +108,3 @@ def projection_steps(decode, images: torch.Tensor, state: torch.Tensor, first_st
 def projection_loss(decoded: torch.Tensor, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Per image [B]: mean squared pixel error, plus the prior pull."""
     return (decoded - images).pow(2).flatten(1).mean(1) + PROJECTION_PRIOR_WEIGHT * z.pow(2).mean(1)
-
-
-def project(decode, images: torch.Tensor, start: torch.Tensor, steps: int = PROJECTION_STEPS) -> torch.Tensor:
-    """The latents [B, d] whose decodings best match `images`, found from `start` [B, d] by
-    `steps` Adam steps on `projection_loss`: steps forward and backward passes of decode."""
-    return projection_latents(projection_steps(decode, images, projection_state(start), 0, steps))

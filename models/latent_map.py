@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     for folder in args.checkpoints:
         model, card = load_checkpoint(folder)
-        if not hasattr(model, "encode"):
+        if "encoder" not in model.capabilities:
             raise SystemExit(f"{folder}: a {card['family']} has no encoder to map")
         test = load_dataset(card.get("dataset", "fashion-mnist"), "test", args.data_dir, limit=args.images)
         result = latent_map(model.eval(), test.images, test.labels)

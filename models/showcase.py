@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import FAMILIES, load_checkpoint, read_card
+from models.checkpoint import load_checkpoint, read_card
+from models.families import FAMILIES
 from models.data import load_dataset, to_float
 from models.evaluate import DEFAULT_CLASSIFIER, features_of
 from models.grid import save_grid
@@ -55,7 +56,7 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
             rows = [examples, examples * known] + [model.complete(examples, known, torch.Generator().manual_seed(seed))
                                                    for seed in range(3)]
             save_grid(torch.cat(rows), out / f"{name}_completions.png", nrow=len(examples))
-        if "reconstruct" in caps and hasattr(model, "encode"):  # test images above, decoded encoder means below
+        if "reconstruct" in caps and "encoder" in caps:  # test images above, decoded encoder means below
             save_grid(torch.cat([examples, model.decode(model.encode(examples)[0])]),
                       out / f"{name}_reconstructions.png", nrow=len(examples))
         if "interpolate" in caps:  # strips between seed pairs' latents, slerp

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from models.checkpoint import FAMILIES, build_model, load_checkpoint, save_checkpoint
+from models.checkpoint import build_model, load_checkpoint, resolve_device, save_checkpoint
+from models.families import FAMILIES
 from models.data import load_dataset, to_float
 from models.grid import save_grid
 from models.trainers import TRAINERS, extend_model
@@ -109,12 +110,6 @@ def learning_rate(args: argparse.Namespace, progress: dict, batches_per_epoch: i
     return args.lr * max(0.0, 1.0 - done)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -134,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     args.device = device
     torch.manual_seed(args.seed + rank)
     is_main = rank == 0
@@ -160,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                         step=record["steps"], wall_time_s=record["wall_time_s"], history=record.get("history", []))
     else:
         model = build_model(args.family, model_config).to(device)
-    # A family trains by minimising its `loss` unless it declares another objective.
-    trainer = TRAINERS[getattr(model, "objective", "loss")](model, args, distributed)
+    trainer = TRAINERS[model.objective](model, args, distributed)  # the training its family declares
 
     state_file = args.state_dir / "state.pt"
     noise = torch.Generator().manual_seed(args.seed * 1000 + rank)
@@ -253,9 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         last_save = time.monotonic()
     # Parts that gradients do not train (a VAE's mixture prior) are fitted once training is done.
     # The trained module itself: a trainer's export() may do work of its own (a GAN's batchnorm).
-    fit_after_training = getattr(model, "fit_after_training", None)
-    if is_main and fit_after_training is not None and progress["epoch"] >= args.epochs:
-        fitted = fit_after_training(train.images, quiet=args.quiet)
+    if is_main and progress["epoch"] >= args.epochs:
+        fitted = model.fit_after_training(train.images, quiet=args.quiet)
         if fitted:
             print(json.dumps({"event": "fitted after training", "family": args.family, **fitted}), flush=True)
             save(final_of_epoch=True)

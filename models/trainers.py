@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.checkpoint import build_model
-from models.dcgan import DCGAN
+from models.contract import Family
 
 
 # -- objectives: one per kind of training -------------------------------------------------------
@@ -88,20 +88,22 @@ class LossTrainer:
 
 
 class GANTrainer:
-    """DCGAN: the non-saturating game, plus an exponential moving average of the generator
+    """A family whose objective is "adversarial" (the DCGAN): the non-saturating game between its
+    `adversarial_parts()`, plus an exponential moving average of the generator
     (what is shipped; its batchnorm statistics are re-estimated before each export)."""
 
-    def __init__(self, model: DCGAN, args, distributed: bool):
+    def __init__(self, model: Family, args, distributed: bool):
         self.model = model
         wrap = DistributedDataParallel if distributed else (lambda m: m)
-        self.generator = wrap(model.generator)
-        self.discriminator = wrap(model.discriminator)
+        generator, discriminator = model.adversarial_parts()
+        self.generator = wrap(generator)
+        self.discriminator = wrap(discriminator)
         betas = (args.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(model.generator.parameters(), lr=args.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=args.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
         self.hinge = args.gan_loss == "hinge"
-        self.ema = build_model(model.family, dataclasses.asdict(model.config)).generator.to(args.device)
-        self.ema.load_state_dict(model.generator.state_dict())
+        self.ema = build_model(model.family, dataclasses.asdict(model.config)).adversarial_parts()[0].to(args.device)
+        self.ema.load_state_dict(generator.state_dict())
         self.ema_decay = args.ema
         self.ema_updates = 0
         self.latent_dim = model.config.latent_dim
@@ -135,7 +137,7 @@ class GANTrainer:
         decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
         self.ema_updates += 1
         with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.model.generator.parameters()):
+            for p_ema, p in zip(self.ema.parameters(), self.model.adversarial_parts()[0].parameters()):
                 p_ema.lerp_(p, 1 - decay)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
@@ -160,8 +162,9 @@ class GANTrainer:
         device = next(self.ema.parameters()).device
         exported = build_model(self.model.family, dataclasses.asdict(self.model.config)).to(device)
         exported.load_state_dict(self.model.state_dict())
-        exported.generator.load_state_dict(self.ema.state_dict())
-        generator = exported.generator.train()
+        generator = exported.adversarial_parts()[0]
+        generator.load_state_dict(self.ema.state_dict())
+        generator.train()
         for module in generator.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.reset_running_stats()

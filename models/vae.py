@@ -62,8 +62,10 @@ class VAE(LatentModel):
     family = "vae"
     Config = VAEConfig
     summary = "Variational autoencoder: encodes and decodes through a smooth latent space."
-    capabilities = ("sample", "interpolate", "arithmetic", "traverse", "encode", "reconstruct", "likelihood")
-    exact_likelihood = False
+    # "encoder": `encode(images)` gives the approximate posterior; it is also how uploads become latents.
+    capabilities = ("sample", "interpolate", "arithmetic", "traverse", "encoder", "image_latent", "reconstruct",
+                    "likelihood")
+    likelihood = "bound"
     likelihood_method = "negative ELBO: an upper bound on -log p(x), one posterior sample, fixed seed"
 
     def __init__(self, config: VAEConfig):
@@ -145,6 +147,18 @@ class VAE(LatentModel):
             raise ValueError("the VAE's likelihood bound takes no class")
         return -self.elbo(x, generator)["elbo"]
 
+    def bound_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The ELBO and its KL; with a mixture prior also the ELBO under N(0, I) from the same
+        posterior draws (`standard_prior`), which the fitted prior is to improve on."""
+        state = generator.get_state() if generator is not None else None
+        terms = self.elbo(x, generator)
+        out = {"bound": terms["elbo"], "kl": terms["kl"]}
+        if self.prior is not None:
+            if generator is not None:
+                generator.set_state(state)
+            out["standard_prior"] = self.elbo(x, generator, learned_prior=False)["elbo"]
+        return out
+
     @torch.no_grad()
     def fit_after_training(self, images: torch.Tensor, quiet: bool = False, seed: int = 0) -> dict:
         """Fit the mixture prior (if the config has one) to the aggregate posterior q(z) = E_x q(z|x)
@@ -160,7 +174,3 @@ class VAE(LatentModel):
             mu, logvar = (t.cpu() for t in self.encode(to_float(images[start:start + 1000]).to(device)))
             codes.append(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator))
         return {"prior_mean_log_density": round(self.prior.fit(torch.cat(codes), quiet=quiet), 4)}
-
-    @staticmethod
-    def bits_per_dim(log_prob_nats: torch.Tensor, num_dims: int) -> torch.Tensor:
-        return -log_prob_nats / (num_dims * math.log(2))

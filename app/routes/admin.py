@@ -5,12 +5,11 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
-from app.routes.deps import SettingsDep
+from app.routes.deps import RegistryDep, SettingsDep, WorkerDep
 from app.routes.health import readiness
 from app.schemas import ErrorDetail, Readiness
 
@@ -31,9 +30,10 @@ def require_admin(settings: SettingsDep,
              responses={401: {"model": ErrorDetail, "description": "no or a wrong bearer token"},
                         404: {"model": ErrorDetail, "description": "admin is off"},
                         503: {"model": Readiness, "description": "reloaded, but no model loaded"}})
-async def reload(request: Request) -> JSONResponse:
+async def reload(registry: RegistryDep, worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
     """Load the weights directory again (say after new weights land); requests in flight finish on
-    the models they started with. Answers like /readyz."""
-    await run_in_threadpool(request.app.state.registry.load)
-    ready, body = readiness(request)
+    the models they started with. One reload runs at a time: a request that arrives during one
+    waits for it and answers its outcome. Answers like /readyz."""
+    await registry.reload()
+    ready, body = readiness(registry, worker, settings)
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -16,8 +16,10 @@ from app.config import Settings
 from app.errors import CapabilityError, ClientDisconnected, InputError
 from app.imaging import ImageError, decode_base64, gif_bytes, grid_png, load_image, pngs_base64
 from app.operations import ENCODE, PROJECT, Operation
-from app.registry import ServedModel
+from app.metrics import Metrics
+from app.registry import Registry, ServedModel
 from app.schemas import ErrorDetail, ImagesResponse
+from app.worker import Worker
 from models.latent import PROJECTION_STEPS, projection_latents, projection_state
 
 Format = Annotated[Literal["png", "json"], Query(
@@ -60,8 +62,25 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def served_model(name: str, request: Request) -> ServedModel:
-    return request.app.state.registry.get(name)
+async def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+async def get_worker(request: Request) -> Worker:
+    return request.app.state.worker
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+WorkerDep = Annotated[Worker, Depends(get_worker)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def served_model(name: str, registry: RegistryDep) -> ServedModel:
+    return registry.get(name)
 
 
 def capable(capability: str):

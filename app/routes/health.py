@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.config import Settings
+from app.registry import Registry
+from app.routes.deps import MetricsDep, RegistryDep, SettingsDep, WorkerDep
 from app.schemas import Readiness
+from app.worker import Worker
 
 router = APIRouter(tags=["health"])
 
 
-def readiness(request: Request) -> tuple[bool, dict]:
-    registry, worker = request.app.state.registry, request.app.state.worker
+def readiness(registry: Registry, worker: Worker, settings: Settings) -> tuple[bool, dict]:
     ready = registry.ready and worker.alive
-    return ready, {"ready": ready, "models": sorted(registry.models), "failed": registry.failed}
+    bound = settings.saturation_wait_s
+    saturated = {model: round(wait, 3) for model, wait in worker.oldest_waits().items() if wait > bound}
+    return ready, {"ready": ready, "models": sorted(registry.models), "failed": registry.failed,
+                   "saturated": saturated}
 
 
 @router.get("/healthz")
@@ -24,13 +30,16 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(request: Request) -> JSONResponse:
-    """200 once the models are loaded and the worker runs, 503 before; lists checkpoints that failed."""
-    ready, body = readiness(request)
+async def readyz(registry: RegistryDep, worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
+    """200 once the models are loaded and the worker runs, 503 before; lists checkpoints that failed,
+    and models whose oldest queued request has waited past `saturation_wait_s` (still 200: a
+    saturated model is slow, not down; `genserve_queue_oldest_wait_seconds` is the autoscaler's
+    signal)."""
+    ready, body = readiness(registry, worker, settings)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-async def metrics(request: Request) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text: requests and latency per endpoint and model, batch sizes, queue time and depth."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

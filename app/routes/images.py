@@ -105,9 +105,10 @@ async def likelihood(request: Request, model: Annotated[ServedModel, Depends(cap
         if not module.class_conditional:
             raise CapabilityError(f"model {model.name!r} computes its likelihood without a class")
         cond = torch.tensor([latents.class_index(model, body.class_, ["body", "class"])])
-    nats = await infer(request, model, NLL if module.exact_likelihood else NLL_BOUND, image, cond)
+    exact = module.likelihood == "exact"
+    nats = await infer(request, model, NLL if exact else NLL_BOUND, image, cond)
     method = module.likelihood_method + (" given the class" if cond is not None else "")
     nll = float(nats[0])
     bits = nll / (image[0].numel() * math.log(2))
-    return LikelihoodResponse(model=model.name, nll_nats=nll, bits_per_dim=bits, exact=module.exact_likelihood,
+    return LikelihoodResponse(model=model.name, nll_nats=nll, bits_per_dim=bits, exact=exact,
                               method=method)

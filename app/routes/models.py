@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from pydantic import ValidationError
 
 from app.errors import CapabilityError
 from app.registry import ServedModel
-from app.routes.deps import ERROR_RESPONSES, SettingsDep, served_model
+from app.routes.deps import ERROR_RESPONSES, RegistryDep, SettingsDep, served_model
 from app.schemas import LatentMap, ModelInfo, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=ModelList)
-async def list_models(request: Request, settings: SettingsDep) -> dict:
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> dict:
     """Every model that loaded, and the request limits (settings) that apply to them."""
     limits = settings.limits()
-    models = request.app.state.registry.models
+    models = registry.models
     return {"models": [models[name].info(limits) for name in sorted(models)], "limits": limits}
 
 

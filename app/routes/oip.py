@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as package_version
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.registry import ServedModel
+from app.registry import Registry, ServedModel
+from app.routes.deps import RegistryDep, SettingsDep, WorkerDep
 from app.routes.health import readiness
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -85,9 +86,8 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _lookup(request: Request, name: str, version: str | None) -> ServedModel | JSONResponse:
+def _lookup(registry: Registry, name: str, version: str | None) -> ServedModel | JSONResponse:
     """The served model, or the 4xx that says why there is none."""
-    registry = request.app.state.registry
     model = registry.models.get(name)
     if model is None:
         if name in registry.failed or not registry.loaded:
@@ -115,22 +115,23 @@ async def server_live() -> dict:
 
 
 @router.get("/health/ready", response_model=Ready, responses={NOT_READY: {"model": Ready}})
-async def server_ready(request: Request) -> JSONResponse:
+async def server_ready(registry: RegistryDep, worker: WorkerDep, settings: SettingsDep) -> JSONResponse:
     """200 once the models are loaded and the worker runs (like /readyz), 400 before."""
-    ready, _ = readiness(request)
+    ready, _ = readiness(registry, worker, settings)
     return JSONResponse({"ready": ready}, status_code=200 if ready else NOT_READY)
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses={**UNKNOWN, **FALSE})
 @router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady,
             responses={**UNKNOWN, **FALSE}, include_in_schema=False)
-async def model_ready(name: str, request: Request, version: str | None = None) -> JSONResponse:
+async def model_ready(name: str, registry: RegistryDep, worker: WorkerDep,
+                      version: str | None = None) -> JSONResponse:
     """200 when the model is loaded and the worker runs; 400 while it loads or when it failed to
     load; 404 for a name no checkpoint folder has."""
-    model = _lookup(request, name, version)
+    model = _lookup(registry, name, version)
     if isinstance(model, JSONResponse):
         return model
-    if not request.app.state.worker.alive:
+    if not worker.alive:
         return _error(NOT_READY, "the inference worker is not running")
     return JSONResponse({"name": name, "ready": True})
 
@@ -138,9 +139,9 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
 @router.get("/models/{name}", response_model=ModelMetadata, responses={**UNKNOWN, **FALSE})
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses={**UNKNOWN, **FALSE},
             include_in_schema=False)
-async def model_metadata(name: str, request: Request, version: str | None = None) -> JSONResponse:
+async def model_metadata(name: str, registry: RegistryDep, version: str | None = None) -> JSONResponse:
     """The model's version, platform and the tensors of one sample (400 while it is not loaded)."""
-    model = _lookup(request, name, version)
+    model = _lookup(registry, name, version)
     if isinstance(model, JSONResponse):
         return model
     inputs, outputs = tensors(model)

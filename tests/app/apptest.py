@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import math
 import socket
 import struct
+import time
 from contextlib import asynccontextmanager
 
 import httpx
@@ -20,6 +22,26 @@ from app.registry import servable
 from models.checkpoint import read_card
 
 PAD = 2
+
+
+# How long a test waits for something to happen before it fails saying what did not.
+DEADLINE_S = 60
+
+
+def until(condition, what: str, deadline_s: float = DEADLINE_S) -> None:
+    """Poll `condition()` until it holds; fail naming `what` after `deadline_s`."""
+    give_up = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < give_up, f"gave up after {deadline_s:g} s waiting for {what}"
+        time.sleep(0.01)
+
+
+async def until_async(condition, what: str, deadline_s: float = DEADLINE_S) -> None:
+    """`until` for a coroutine function `condition`, polled without blocking the event loop."""
+    give_up = time.monotonic() + deadline_s
+    while not await condition():
+        assert time.monotonic() < give_up, f"gave up after {deadline_s:g} s waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 # One torch thread: on a small shared machine more threads only fight each other (and other jobs).

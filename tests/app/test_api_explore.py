@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from apptest import b64png, grid_cells, grid_shape, metric, png
+from apptest import b64png, grid_cells, grid_shape, metric, png, until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -247,8 +247,9 @@ async def test_a_projection_lets_other_batches_run_between_its_steps(client):
     before = slices((await client.get("/metrics")).text)
     projection = asyncio.ensure_future(client.post("/v1/models/dcgan/latents",
                                                    json={"latent": {"image": await dcgan_image(client, 7)}}))
-    while slices((await client.get("/metrics")).text) == before:  # wait for its first slice to start
-        await asyncio.sleep(0.01)
+    async def begun() -> bool:
+        return slices((await client.get("/metrics")).text) > before
+    await until_async(begun, "the projection's first slice")
     sample = await client.post("/v1/models/dcgan/samples", json={"n": 4, "seed": 1})
     assert sample.status_code == 200
     done_during = slices((await client.get("/metrics")).text) - before

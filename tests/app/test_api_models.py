@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from app.config import Settings
+
 from apptest import metric, served_names, serving
 
 pytestmark = pytest.mark.anyio
 
-CAPABILITIES = {"sample", "stream", "interpolate", "traverse", "arithmetic", "encode", "project", "reconstruct",
-                "complete", "likelihood"}
+CAPABILITIES = {"sample", "stream", "interpolate", "traverse", "arithmetic", "encoder", "image_latent", "encode",
+                "project", "reconstruct", "complete", "likelihood"}
 IMAGE_ENDPOINTS = ["samples", "interpolate", "arithmetic", "reconstruct", "complete"]
 
 
@@ -18,8 +20,8 @@ async def test_models_lists_the_generators_and_the_limits(client, weights_dir):
     assert response.status_code == 200
     body = response.json()
     assert {m["name"] for m in body["models"]} == set(served_names(weights_dir)) >= {"pixelcnn", "vae", "dcgan"}
-    assert body["limits"] == {"max_n": 64, "max_n_pixelcnn": 16, "max_steps": 32, "max_terms": 16,
-                              "max_image_bytes": 1 << 20, "max_body_bytes": 2 << 20}
+    assert body["limits"] == {"max_n": 64, "max_n_sequential": 16, "max_n_pixelcnn": 16, "max_steps": 32,
+                              "max_terms": 16, "max_image_bytes": 1 << 20, "max_body_bytes": 2 << 20}
 
 
 @pytest.mark.parametrize("name", ["pixelcnn", "pixelrnn", "vae", "dcgan"])
@@ -39,8 +41,10 @@ async def test_model_info(client, name):
     assert info["checkpoint"]["epochs"] > 0
     expected = {"pixelcnn": {"sample", "stream", "complete", "likelihood"},
                 "pixelrnn": {"sample", "stream", "complete", "likelihood"},
-                "vae": {"sample", "interpolate", "traverse", "arithmetic", "encode", "reconstruct", "likelihood"},
-                "dcgan": {"sample", "interpolate", "traverse", "arithmetic", "encode", "project", "reconstruct"}}[name]
+                "vae": {"sample", "interpolate", "traverse", "arithmetic", "encoder", "image_latent", "encode",
+                        "reconstruct", "likelihood"},
+                "dcgan": {"sample", "interpolate", "traverse", "arithmetic", "image_latent", "encode", "project",
+                          "reconstruct"}}[name]
     assert set(info["capabilities"]) == expected
 
 
@@ -56,7 +60,7 @@ async def test_health_and_readiness(client, weights_dir):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "models": served_names(weights_dir), "failed": {}}
+    assert response.json() == {"ready": True, "models": served_names(weights_dir), "failed": {}, "saturated": {}}
 
 
 async def test_metrics_count_requests_per_endpoint_and_model(client):
@@ -96,8 +100,15 @@ async def test_demo_page_and_static_files(client):
     assert (await client.get("/static/no-such-file.js")).status_code == 404
 
 
+def test_the_sequential_cap_is_read_under_its_old_name_too(monkeypatch):
+    monkeypatch.setenv("GENSERVE_MAX_N_PIXELCNN", "3")  # deprecated, still honoured
+    assert Settings().max_n_sequential == 3 and Settings().limits()["max_n_pixelcnn"] == 3
+    monkeypatch.setenv("GENSERVE_MAX_N_SEQUENTIAL", "5")  # the new name wins
+    assert Settings().max_n_sequential == 5
+
+
 async def test_limits_are_settings(weights_dir):
-    async with serving(weights_dir, max_n=8, max_n_pixelcnn=2, max_steps=4) as client:
+    async with serving(weights_dir, max_n=8, max_n_sequential=2, max_steps=4) as client:
         body = (await client.get("/v1/models")).json()
         assert body["limits"]["max_n"] == 8 and body["limits"]["max_steps"] == 4
         assert {m["name"]: m["max_n"] for m in body["models"]} == {

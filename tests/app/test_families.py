@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from apptest import b64png, png, serving
-from models import checkpoint
+from models import families
 from models.checkpoint import save_checkpoint
 from models.latent import LatentModel
 
@@ -47,7 +47,7 @@ class LinearDecoder(LatentModel):
 @pytest.fixture
 def registered(monkeypatch):
     # The one registration line, done for the length of the test.
-    monkeypatch.setitem(checkpoint.FAMILIES, LinearDecoder.family, LinearDecoder)
+    monkeypatch.setitem(families.FAMILIES, LinearDecoder.family, LinearDecoder)
 
 
 async def test_a_registered_family_is_served_by_what_it_declares(tmp_path, registered):

@@ -8,13 +8,12 @@ import re
 import socket
 import sys
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
 
-from apptest import data_segments_in, encode_png, grid_shape, metric, png
+from apptest import data_segments_in, encode_png, grid_shape, metric, png, until
 from app.cli import main as genserve
 
 SHIRT = encode_png(np.full((28, 28), 128, np.uint8))
@@ -96,13 +95,15 @@ def test_a_client_that_hangs_up_leaves_no_work_behind(patient_server):
     ahead = threading.Thread(target=httpx.post, args=(patient_server + "/v1/models/dcgan/samples",),
                              kwargs={"json": {"n": 1}, "timeout": 30})
     ahead.start()
-    while passes() == metric(before, "genserve_batch_images_count"):  # its second-long pass has begun
-        time.sleep(0.01)
+    until(lambda: passes() > metric(before, "genserve_batch_images_count"), "the first pass to begin")
     # Queued behind it, this request's client gives up long before its turn.
     with pytest.raises(httpx.TimeoutException):
         httpx.post(patient_server + "/v1/models/dcgan/samples", json={"n": 2, "seed": 1}, timeout=0.2)
     ahead.join()
-    time.sleep(0.2)
+
+    def skipped() -> float:
+        return metric(httpx.get(patient_server + "/metrics").text, "genserve_skipped_jobs_total")
+    until(lambda: skipped() > metric(before, "genserve_skipped_jobs_total"), "the abandoned job to be dropped")
     after = httpx.get(patient_server + "/metrics").text
     for name, reason in [("genserve_skipped_jobs_total", {}), ("genserve_rejected_total", {"reason": "disconnected"})]:
         assert metric(after, name, **reason) == metric(before, name, **reason) + 1

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.metrics import Metrics
 from app.worker import Worker
-from apptest import b64png, max_diff, metric, serving
+from apptest import b64png, max_diff, metric, serving, until_async
 from models.checkpoint import build_model, read_card, save_checkpoint, write_card
 
 pytestmark = pytest.mark.anyio
@@ -29,8 +29,10 @@ async def _queued(client, *requests) -> list[asyncio.Task]:
     queued or answered: they then meet in the queue whatever this machine's speed (no race with
     the batch window)."""
     tasks = [asyncio.ensure_future(request) for request in requests]
-    while metric(await _metrics(client), "genserve_queue_depth") + sum(t.done() for t in tasks) < len(tasks):
-        await asyncio.sleep(0.01)
+
+    async def all_in() -> bool:
+        return metric(await _metrics(client), "genserve_queue_depth") + sum(t.done() for t in tasks) == len(tasks)
+    await until_async(all_in, f"{len(tasks)} requests to queue")
     return tasks
 
 
@@ -68,11 +70,7 @@ async def test_the_window_waits_while_another_request_is_on_its_way(weights_dir)
     async with serving(weights_dir, batch_wait_ms=30_000) as client:
         metrics = client.app.state.metrics
         metrics.in_progress += 1  # a request the server is reading, not yet queued
-        first = asyncio.ensure_future(client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": 1}))
-        while metric(await _metrics(client), "genserve_queue_depth") < 1:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
-        assert not first.done()  # its pass waits for the one on its way
+        [first] = await _queued(client, client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": 1}))
         metrics.in_progress -= 1  # ... which now arrives: its job wakes the worker, and both run at once
         second = await client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": 2})
         assert second.status_code == 200 and (await first).status_code == 200
@@ -165,8 +163,9 @@ async def test_a_request_given_up_by_its_client_is_skipped(weights_dir):
             request.cancel()  # in process, the client going away cancels the request's task
             with pytest.raises(asyncio.CancelledError):
                 await request
-            while metric(await _metrics(client), "genserve_skipped_jobs_total") < 1:  # its job is withdrawn
-                await asyncio.sleep(0.01)
+            async def withdrawn() -> bool:
+                return metric(await _metrics(client), "genserve_skipped_jobs_total") >= 1
+            await until_async(withdrawn, "its job to leave the queue")
         text = await _metrics(client)
         assert metric(text, "genserve_skipped_jobs_total") == 1
         assert metric(text, "genserve_batch_images_count") == 0

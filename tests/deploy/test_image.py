@@ -154,7 +154,7 @@ def served(built, container, tmp_path_factory):
 def test_the_image_serves_its_models_to_the_host(served):
     url, _ = served
     ready = httpx.get(url + "/readyz", timeout=10).json()
-    assert ready == {"ready": True, "models": ["dcgan", "pixelcnn", "vae"], "failed": {}}
+    assert ready == {"ready": True, "models": ["dcgan", "pixelcnn", "vae"], "failed": {}, "saturated": {}}
     assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200
 
     response = httpx.post(url + "/v1/models/dcgan/samples", json=SAMPLE, timeout=60)

@@ -2,7 +2,7 @@
 
 Weights: GENSERVE_TEST_WEIGHTS_DIR when set, else the repository's weights/ (the shipped ones).
 Screenshots: under GENSERVE_E2E_ARTIFACTS/<test name>/ when set, else the test's tmp_path.
-Playwright is imported lazily, so that test_page.py can skip cleanly when it is missing.
+Playwright is imported lazily, so that a missing browser is one clear failure (`require_browser`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,24 @@ from bench.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("GENSERVE_CHROMIUM", "/usr/bin/chromium"))
+
+
+def require_browser() -> None:
+    """Fail the browser tests' collection when Playwright or Chromium is missing: `make test`
+    installs both, so their absence is a broken set-up, not a reason to pass. A developer without
+    them opts out in the open with GENSERVE_SKIP_BROWSER=1."""
+    import importlib.util
+
+    missing = [what for what, absent in (("Playwright for Python (pip install playwright)",
+                                           importlib.util.find_spec("playwright") is None),
+                                          (f"Chromium at {CHROMIUM} (apt-get install -y chromium)",
+                                           not CHROMIUM.exists())) if absent]
+    if not missing:
+        return
+    message = "the browser tests need " + " and ".join(missing)
+    if os.environ.get("GENSERVE_SKIP_BROWSER") == "1":
+        pytest.skip(message + " (skipped: GENSERVE_SKIP_BROWSER=1)", allow_module_level=True)
+    pytest.fail(message + "; set GENSERVE_SKIP_BROWSER=1 to skip them knowingly", pytrace=False)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAMILIES = ("pixelcnn", "vae", "dcgan")

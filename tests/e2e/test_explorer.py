@@ -6,12 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import CHROMIUM, wait_until
+from .conftest import require_browser, wait_until
 from .test_page import api_images, assert_same_images, loaded_images, shot
 
-pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed: pip install playwright")
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+require_browser()
 
 from playwright.sync_api import expect  # noqa: E402
 

@@ -13,14 +13,11 @@ import re
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from .conftest import CHROMIUM, open_page, wait_until
+from .conftest import open_page, require_browser, wait_until
 
-pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed: pip install playwright")
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+require_browser()
 
 from playwright.sync_api import expect  # noqa: E402
 

@@ -1,11 +1,16 @@
-"""Projection (models.latent.project) and the latent map (models.latent_map), on small models."""
+"""Projection (models.latent's projection steps) and the latent map (models.latent_map), on small models."""
 
 import torch
 from torch import nn
 
-from models.latent import PROJECTION_STEPS, project, projection_latents, projection_state, projection_steps
+from models.latent import projection_latents, projection_state, projection_steps
 from models.latent_map import latent_map
 from models.vae import VAE, VAEConfig
+
+
+def project(decode, images: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """A whole projection in one go: `steps` steps from `start`."""
+    return projection_latents(projection_steps(decode, images, projection_state(start), 0, steps))
 
 
 def decoder(latent_dim: int = 6) -> nn.Module:
@@ -39,7 +44,6 @@ def test_projection_is_deterministic_in_slices_and_per_image():
     assert torch.equal(projection_latents(state), whole)
     alone = project(decode, images[1:], start[1:], steps=20)
     assert torch.allclose(alone, whole[1:], atol=1e-12), "an image's latent does not depend on the others"
-    assert PROJECTION_STEPS > 0
 
 
 def test_projection_works_inside_inference_mode():

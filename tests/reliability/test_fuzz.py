@@ -22,7 +22,7 @@ from tests.app.apptest import THREADS
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 # PixelCNN draws an image in about a second: two at most keeps the run to a couple of minutes.
-FUZZ_SETTINGS = {"max_n_pixelcnn": 2, "admin_token": "fuzz-token"}
+FUZZ_SETTINGS = {"max_n_sequential": 2, "admin_token": "fuzz-token"}
 EXAMPLES = 50  # per operation and generation mode
 
 

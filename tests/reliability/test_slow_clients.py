@@ -1,8 +1,9 @@
 """Slow and idle clients against a real `genserve serve` (issue 14): connections that stop inside
 their headers or body are answered 408 and closed at the deadlines of the settings; an idle
 keep-alive connection stays open longer than clients keep theirs (so that a request a client sends
-on it is never lost, finding 5); headers past `max_header_bytes` are refused; past `max_connections`
-a request is answered 503. The guards are uvicorn's parsers' own, so each runs with both."""
+on it is never lost, finding 5); heads past `max_header_bytes` are refused 431 however they arrive;
+past `max_connections` idle connections make room for new clients (issue 28). The guards sit in
+uvicorn's parsers' protocols, so each runs with both."""
 
 from __future__ import annotations
 
@@ -94,9 +95,8 @@ def test_headers_past_max_header_bytes_are_refused_and_the_next_request_is_serve
                 reply = _read_all(conn)
             except ConnectionResetError:  # closed with our headers unread: the reply went with them
                 reply = b"reset"
-            # 431 from the httptools guard; h11 (uvicorn's h11_max_incomplete_event_size) answers 400.
             # Without a limit the server would wait for the headers' end: a 408 after header_timeout_s.
-            assert reply.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ", b"reset")), reply[:100]
+            assert reply.startswith((b"HTTP/1.1 431 ", b"reset")), reply[:100]
         with socket.create_connection(server.address, timeout=60) as conn:  # headers just under it pass
             conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 1500 + b"\r\n\r\n")
             assert _response(conn).startswith(b"HTTP/1.1 200 ")
@@ -115,15 +115,45 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_idle_expiry(serv
         assert _response(conn).startswith(b"HTTP/1.1 200 ")
 
 
-def test_past_max_connections_a_request_is_503(serve):
-    with serve(max_connections=3) as server:
-        idle = [socket.create_connection(server.address, timeout=60) for _ in range(3)]
+@PARSERS
+def test_idle_keep_alive_connections_give_way_to_new_clients(serve, parser):
+    """Issue 28, finding 1: pooled clients idling on every connection used to lock new clients out
+    with 503s. Past the cap, each new connection closes the one idling longest; a connection
+    whose request has begun is never closed."""
+    with serve(max_connections=3, http_parser=parser) as server:
+        busy = socket.create_connection(server.address, timeout=60)
+        busy.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a request begun, its headers unfinished
+        idle = []
+        for _ in range(2):
+            conn = socket.create_connection(server.address, timeout=60)
+            conn.sendall(HEALTHZ)
+            assert _response(conn).startswith(b"HTTP/1.1 200 ")
+            idle.append(conn)
+        newcomers = []
         try:
-            assert httpx.get(server.url + "/healthz").status_code == 503
+            for path in (b"/healthz", b"/v1/models"):  # at the cap, new clients (which stay) are served
+                newcomers.append(conn := socket.create_connection(server.address, timeout=60))
+                conn.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _response(conn).startswith(b"HTTP/1.1 200 "), path
+            assert all(_read_all(conn) == b"" for conn in idle)  # the idle ones made room, oldest first
+            busy.sendall(b"\r\n")  # and the begun request completes on its connection
+            assert _response(busy).startswith(b"HTTP/1.1 200 ")
+            newcomers[-1].sendall(HEALTHZ)  # as does the newest idle one, still open
+            assert _response(newcomers[-1]).startswith(b"HTTP/1.1 200 ")
         finally:
-            for conn in idle:
+            for conn in [busy, *idle, *newcomers]:
                 conn.close()
-        deadline = time.monotonic() + 60
-        while httpx.get(server.url + "/healthz").status_code != 200:  # once the server saw them close
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+
+
+@PARSERS
+def test_a_head_past_the_limit_is_431_even_when_it_comes_in_one_read(serve, parser):
+    """Issue 28, finding 3: a whole head that came in one read used to pass the limit."""
+    heads = [b"GET /v1/models/dcgan/samples.png?" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(8000)) + b"\r\n"]
+    with serve(http_parser=parser) as server:
+        for head in heads:
+            with socket.create_connection(server.address, timeout=60) as conn:
+                conn.sendall(head)
+                reply = _read_all(conn)
+                assert reply.startswith(b"HTTP/1.1 431 "), reply[:100]
+                assert b"application/json" in reply and b"x-content-type-options: nosniff" in reply
