@@ -8,6 +8,7 @@ model can do, and what it costs, its family declares (`models/`); nothing here n
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import threading
@@ -59,7 +60,7 @@ class ServedModel:
     def classes(self) -> list[str]:
         return list(self.card.get("classes") or [])
 
-    @property
+    @functools.cached_property
     def capabilities(self) -> tuple[str, ...]:
         """The family's, and "encode", the old name of "image_latent", for the API's older clients
         (deprecated: it meant an image -> latent, by an encoder or by a projection)."""

@@ -4,9 +4,9 @@ docs/reliability.md records:
     python -m bench.saturation [--weights weights] [--idle 520] [--slow 8 16] [--reloads 32]
 
   * lockout: `--idle` keep-alive connections, each having sent one request and read its answer,
-    held open and refreshed (a request on each) as pooled clients do; meanwhile `/healthz` and
-    `/v1/models` on new connections: their statuses and times, and how many idle ones the
-    server closed to make room;
+    held open and refreshed (a request on each) as pooled clients do, with the statuses they got
+    ("closed": the server had closed it to make room); then `/healthz`, `/v1/models` and
+    `/readyz` on new connections: their statuses and times;
   * starvation: `--slow` concurrent PixelCNN `{"n": 16}` requests of distinct temperatures (never
     merged), while a DCGAN `{"n": 1}` request is sent again and again on its own connection: the
     DCGAN's worst and median latency and its statuses, and the PixelCNN images/s beside the same
@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,32 +65,33 @@ def _timed_get(address: tuple[str, int], path: str) -> tuple[int, float]:
 
 def lockout(server, idle: int = 520) -> dict:
     """Idle keep-alive connections past the cap, then new clients: are they served, and how fast."""
-    held = []
+    held, first = [], Counter()
     for _ in range(idle):
         conn = socket.create_connection(server.address, timeout=30)
         conn.sendall(HEALTHZ)
-        if _answer(conn):
-            held.append(conn)
-        else:
-            conn.close()
-    refreshed = 0
+        first[_status(_answer(conn))] += 1
+        held.append(conn)
+    refreshed = Counter()
     for conn in held:  # a request on each, as pools do inside the keep-alive
-        try:
-            conn.sendall(HEALTHZ)
-            refreshed += bool(_answer(conn))
-        except OSError:
-            pass
+        refreshed[_send_again(conn)] += 1
     probes = {path: _timed_get(server.address, path) for path in ("/healthz", "/v1/models", "/readyz")}
-    still_open = 0
     for conn in held:
-        try:
-            conn.sendall(HEALTHZ)
-            still_open += bool(_answer(conn))
-        except OSError:
-            pass
         conn.close()
-    return {"idle": idle, "answered_first": len(held), "refreshed": refreshed, "still_open_after": still_open,
+    return {"idle": idle, "first_answers": dict(first), "refreshed": dict(refreshed),
             "probes": {path: {"status": s, "ms": round(t * 1000, 1)} for path, (s, t) in probes.items()}}
+
+
+def _status(head: bytes) -> str:
+    """The status of a response head, or "closed" for a connection the server had closed."""
+    return head.split(b" ", 2)[1].decode() if head else "closed"
+
+
+def _send_again(conn: socket.socket) -> str:
+    try:
+        conn.sendall(HEALTHZ)
+        return _status(_answer(conn))
+    except OSError:
+        return "closed"
 
 
 def _post(address: tuple[str, int], path: str, body: dict, timeout_s: float = 120) -> tuple[int, float]:

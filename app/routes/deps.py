@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
@@ -66,8 +67,13 @@ async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-async def get_worker(request: Request) -> Worker:
+def worker_of(request: Request) -> Worker:
+    """The app's worker, for the code paths that submit jobs (`infer`, the event stream)."""
     return request.app.state.worker
+
+
+async def get_worker(request: Request) -> Worker:
+    return worker_of(request)
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -79,8 +85,9 @@ WorkerDep = Annotated[Worker, Depends(get_worker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-async def served_model(name: str, registry: RegistryDep) -> ServedModel:
-    return registry.get(name)
+async def served_model(name: str, request: Request) -> ServedModel:
+    # The registry read here, not through RegistryDep: one dependency less on every model route.
+    return request.app.state.registry.get(name)
 
 
 def capable(capability: str):
@@ -115,10 +122,23 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a request becomes before any work: the worker operation, its batch inputs and shared
+    parameters, and what the answer reports (the seed used, the latents decoded). The plain and
+    the event-stream answers of one endpoint run the same plan."""
+
+    operation: Operation
+    inputs: tuple[torch.Tensor | None, ...]
+    params: dict
+    seed: int | None = None
+    latents: torch.Tensor | None = None
+
+
 async def infer(request: Request, model: ServedModel, operation: Operation, *inputs: torch.Tensor | None,
                 **params) -> torch.Tensor:
     """Run one job on the worker; give it up (so it never runs) if the client disconnects first."""
-    job = asyncio.ensure_future(request.app.state.worker.run(model, operation, *inputs, **params))
+    job = asyncio.ensure_future(worker_of(request).run(model, operation, *inputs, **params))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)

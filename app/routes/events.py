@@ -1,13 +1,14 @@
 """Samples as Server-Sent Events (`Accept: text/event-stream` on POST .../samples).
 
-A model that samples row by row ("stream" among its capabilities: PixelCNN, PixelRNN) runs one
-sampling job, the very job of the plain answer, whose sampler hands each finished row from the
-worker thread to the event loop, where it is sent as a `progress` event with the grid so far. So
-the stream costs what the plain answer costs (its sampler state is built once, not once per row)
-and ends in the same pixels. A client that goes away cancels the stream (Starlette cancels the
-generator): a job still queued is withdrawn, and a running one stops after its current row. The
-worker is taken directly, not through `deps.infer`, since the streaming response itself watches
-the connection for the disconnect. Other models answer one `done` event with the plain answer's PNG.
+Both answers of a samples request run the same plan (`generate.plan_samples`). A model that
+samples row by row ("stream" among its capabilities: PixelCNN, PixelRNN) runs the plan's job with
+an `on_row` hand-over: its sampler passes each finished row from the worker thread to the event
+loop, where it is sent as a `progress` event with the grid so far. So the stream costs what the
+plain answer costs and ends in the same pixels. A client that goes away cancels the stream
+(Starlette cancels the generator): a job still queued is withdrawn, and a running one stops after
+its current row. That job goes to `Worker.run` itself, not through `deps.infer`, whose disconnect
+watch would read the connection beside the streaming response's own. Other models answer one
+`done` event with the plain answer's PNG.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ import asyncio
 import base64
 import json
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 import torch
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from app import latents
 from app.imaging import grid_png
-from app.operations import SAMPLE_PIXELS
 from app.registry import ServedModel
-from app.routes.deps import IMAGE_RESPONSES
-from app.schemas import SamplesRequest
-from app.worker import InferenceTimeout, QueueFull
+from app.routes.deps import IMAGE_RESPONSES, Plan, infer, worker_of
+from app.worker import InferenceTimeout, QueueFull, Worker
 
 log = logging.getLogger("genserve.events")
 
@@ -51,26 +49,22 @@ def _base64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
 
-async def sample_events(request: Request, model: ServedModel, body: SamplesRequest,
-                        plain: Callable[[], Awaitable[Response]]) -> StreamingResponse:
-    """The event stream of a samples request whose seed is set; `plain` answers it as a PNG.
-    Everything that can be refused with a 4xx is checked before the stream starts."""
-    headers = {**STREAM_HEADERS, "X-Seed": str(body.seed)}
+async def sample_events(request: Request, model: ServedModel, plan: Plan, nrow: int | None) -> StreamingResponse:
+    """The event stream of a samples request's plan (checked: nothing here is a 4xx)."""
+    headers = {**STREAM_HEADERS, "X-Seed": str(plan.seed)}
     if "stream" in model.capabilities:
-        label = latents.class_index(model, body.class_, ["body", "class"]) if body.class_ else None
-        noise, labels = latents.pixel_noise(model, range(body.seed, body.seed + body.n), label)
-        events = _rows(request, model, noise, labels, body)
+        events = _rows(worker_of(request), model, plan, nrow)
     else:
-        events = _single(await plain())
+        images = await infer(request, model, plan.operation, *plan.inputs, **plan.params)
+        events = _single(grid_png(images, nrow))
     return StreamingResponse(_reporting_errors(events), media_type=EVENT_STREAM, headers=headers)
 
 
-async def _single(response: Response) -> AsyncIterator[str]:
-    yield event("done", {"image": _base64(response.body)})
+async def _single(png: bytes) -> AsyncIterator[str]:
+    yield event("done", {"image": _base64(png)})
 
 
-async def _rows(request: Request, model: ServedModel, noise: torch.Tensor, labels: torch.Tensor | None,
-                body: SamplesRequest) -> AsyncIterator[str]:
+async def _rows(worker: Worker, model: ServedModel, plan: Plan, nrow: int | None) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     # The rows in order, then None once the job is done: the worker hands each row over with
     # call_soon_threadsafe before it settles the job, so the rows are queued before the None.
@@ -84,15 +78,14 @@ async def _rows(request: Request, model: ServedModel, noise: torch.Tensor, label
             loop.call_soon_threadsafe(finished.put_nowait, (row, images.to("cpu", torch.float32, copy=True)))
         return listening
 
-    job = asyncio.ensure_future(request.app.state.worker.run(
-        model, SAMPLE_PIXELS, noise, labels, temperature=body.temperature, on_row=on_row))
+    job = asyncio.ensure_future(worker.run(model, plan.operation, *plan.inputs, **plan.params, on_row=on_row))
     job.add_done_callback(lambda _: finished.put_nowait(None))
     rows = model.image_shape[1]
     try:
         while (item := await finished.get()) is not None:
             row, images = item
-            yield event("progress", {"row": row, "rows": rows, "image": _base64(grid_png(images, body.nrow))})
-        yield event("done", {"image": _base64(grid_png(job.result(), body.nrow))})
+            yield event("progress", {"row": row, "rows": rows, "image": _base64(grid_png(images, nrow))})
+        yield event("done", {"image": _base64(grid_png(job.result(), nrow))})
     finally:
         listening = False
         job.cancel()

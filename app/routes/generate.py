@@ -6,7 +6,6 @@ the worker and makes the answer; none calls a model itself.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 import torch
@@ -17,8 +16,8 @@ from app.errors import CapabilityError
 from app.operations import DECODE, SAMPLE_PIXELS
 from app.registry import ServedModel
 from app.routes.deps import (ANIMATED_RESPONSES, ERROR_RESPONSES, IMAGE_RESPONSES, PNG_RESPONSES, AnimatedFormat,
-                             Format, SettingsDep, capable, check_at_most, check_n, encoder, image_response, infer,
-                             pick_seed)
+                             Format, Plan, SettingsDep, capable, check_at_most, check_n, encoder, image_response,
+                             infer, pick_seed)
 from app.routes.events import EVENT_STREAM, SAMPLES_RESPONSES, sample_events
 from app.schemas import (ArithmeticRequest, ImagesResponse, InterpolateRequest, LatentsRequest, LatentsResponse,
                          SamplesQuery, SamplesRequest, TraverseRequest)
@@ -26,19 +25,25 @@ from app.schemas import (ArithmeticRequest, ImagesResponse, InterpolateRequest, 
 router = APIRouter(prefix="/v1/models", tags=["generate"])
 
 
-async def _samples(request: Request, model: ServedModel, settings, body: SamplesRequest, fmt: str, where: str):
+def plan_samples(model: ServedModel, settings, body: SamplesRequest, where: str) -> Plan:
+    """A samples request -> its job: checked (every 4xx is raised here, before any work or stream),
+    its seed picked, its noise drawn on the CPU."""
     check_n(body.n, model, settings, [where, "n"])
     seed = pick_seed(body.seed)
     seeds = range(seed, seed + body.n)
     if model.latent_dim is None:  # an autoregressive model: pixel noise, not a latent
         label = latents.class_index(model, body.class_, [where, "class"]) if body.class_ else None
         noise, labels = latents.pixel_noise(model, seeds, label)
-        images = await infer(request, model, SAMPLE_PIXELS, noise, labels, temperature=body.temperature)
-        return image_response(images, fmt, nrow=body.nrow, seed=seed)
+        return Plan(SAMPLE_PIXELS, (noise, labels), {"temperature": body.temperature}, seed)
     class_latent = latents.class_latent(model, body.class_, [where, "class"]) if body.class_ else None
     z = latents.for_samples(model, seeds, body.temperature, class_latent)
-    images = await infer(request, model, DECODE, z)
-    return image_response(images, fmt, nrow=body.nrow, seed=seed, latents=z)
+    return Plan(DECODE, (z,), {}, seed, latents=z)
+
+
+async def _samples(request: Request, model: ServedModel, settings, body: SamplesRequest, fmt: str, where: str):
+    plan = plan_samples(model, settings, body, where)
+    images = await infer(request, model, plan.operation, *plan.inputs, **plan.params)
+    return image_response(images, fmt, nrow=body.nrow, seed=plan.seed, latents=plan.latents)
 
 
 @router.post("/{name}/samples", response_model=ImagesResponse, responses=SAMPLES_RESPONSES)
@@ -60,10 +65,7 @@ async def samples(request: Request, model: Annotated[ServedModel, Depends(capabl
     card: z = mean_c + T * 0.5 * std_c * eps.
     """
     if EVENT_STREAM in request.headers.get("accept", ""):
-        check_n(body.n, model, settings, ["body", "n"])
-        body = body.model_copy(update={"seed": pick_seed(body.seed)})
-        plain = partial(_samples, request, model, settings, body, "png", "body")
-        return await sample_events(request, model, body, plain)
+        return await sample_events(request, model, plan_samples(model, settings, body, "body"), body.nrow)
     return await _samples(request, model, settings, body, format, "body")
 
 
