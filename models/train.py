@@ -28,8 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 from models.checkpoint import build_model, load_checkpoint, resolve_device, save_checkpoint
-from models.families import FAMILIES
 from models.data import load_dataset, to_float
+from models.families import FAMILIES
 from models.grid import save_grid
 from models.trainers import TRAINERS, extend_model
 
