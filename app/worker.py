@@ -2,13 +2,14 @@
 
 Requests reach it as jobs on a bounded queue. When the worker is free it takes the oldest job of
 the model it served least recently (models take turns, so a slow model never holds a fast one for
-more than a pass) and every queued job that can share its pass (same model, operation and parameters), up to
-`max_batch` images, into one forward pass under `torch.inference_mode()`, and splits the result
-back. A lone request never waits for company: under load, the requests that arrive while a pass
-runs make up the next one (at concurrency 1 a fixed 2 ms window cost 0.7x the unbatched
-requests/s; docs/benchmarks.md). `batch_wait_ms`, when set, lets a pass wait that long for more,
-and only while other requests are in the server on their way to the queue. The event loop only
-queues jobs and awaits their futures, which the thread completes with `call_soon_threadsafe`.
+more than a pass) and every queued job that can share its pass (same model, operation and
+parameters), up to `max_batch` images, into one forward pass under `torch.inference_mode()`, and
+splits the result back. A lone request never waits for company: under load, the requests that
+arrive while a pass runs make up the next one (at concurrency 1 a fixed 2 ms window cost 0.7x the
+unbatched requests/s; docs/benchmarks.md). `batch_wait_ms`, when set, lets a pass wait that long
+for more, and only while other requests are in the server on their way to the queue. The event
+loop only queues jobs and awaits their futures, which the thread completes with
+`call_soon_threadsafe`.
 
 A full queue is refused at once (the route answers 503) rather than growing memory; a job whose
 request timed out or went away leaves the queue at once, freeing its slot, and is never run.
@@ -245,10 +246,8 @@ class Worker:
         recently. Each model with work waiting gets a pass in turn (round robin), so a slow model's
         queue (a PixelCNN pass takes a third of a second, a DCGAN one milliseconds) delays a fast
         model's request by one pass at most, never by the whole queue ahead of it."""
-        head = None
-        for job in self._pending:
-            if head is None or self._last_served.get(job.model.name, -1) < self._last_served.get(head.model.name, -1):
-                head = job
+        # min() keeps the first of equals: among a model's jobs, the oldest.
+        head = min(self._pending, key=lambda job: self._last_served.get(job.model.name, -1))
         self._passes += 1
         self._last_served[head.model.name] = self._passes
         return head

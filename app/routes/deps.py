@@ -134,6 +134,10 @@ class Plan:
     seed: int | None = None
     latents: torch.Tensor | None = None
 
+    async def run(self, request: Request, model: ServedModel) -> torch.Tensor:
+        """The plan's job through `infer`: given up if the client disconnects first."""
+        return await infer(request, model, self.operation, *self.inputs, **self.params)
+
 
 async def infer(request: Request, model: ServedModel, operation: Operation, *inputs: torch.Tensor | None,
                 **params) -> torch.Tensor:

@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 
 from app.imaging import grid_png
 from app.registry import ServedModel
-from app.routes.deps import IMAGE_RESPONSES, Plan, infer, worker_of
+from app.routes.deps import IMAGE_RESPONSES, Plan, worker_of
 from app.worker import InferenceTimeout, QueueFull, Worker
 
 log = logging.getLogger("genserve.events")
@@ -55,7 +55,7 @@ async def sample_events(request: Request, model: ServedModel, plan: Plan, nrow: 
     if "stream" in model.capabilities:
         events = _rows(worker_of(request), model, plan, nrow)
     else:
-        images = await infer(request, model, plan.operation, *plan.inputs, **plan.params)
+        images = await plan.run(request, model)
         events = _single(grid_png(images, nrow))
     return StreamingResponse(_reporting_errors(events), media_type=EVENT_STREAM, headers=headers)
 

@@ -42,7 +42,7 @@ def plan_samples(model: ServedModel, settings, body: SamplesRequest, where: str)
 
 async def _samples(request: Request, model: ServedModel, settings, body: SamplesRequest, fmt: str, where: str):
     plan = plan_samples(model, settings, body, where)
-    images = await infer(request, model, plan.operation, *plan.inputs, **plan.params)
+    images = await plan.run(request, model)
     return image_response(images, fmt, nrow=body.nrow, seed=plan.seed, latents=plan.latents)
 
 

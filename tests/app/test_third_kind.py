@@ -6,7 +6,6 @@ latents, reconstruction): the proof that the contract (models/contract.py) is al
 
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass, field
 
@@ -15,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from apptest import b64png, png, serving
+from apptest import b64png, encode_png, png, serving
 from models import evaluate, families, train
 from models.checkpoint import load_checkpoint
 from models.data import load_dataset, to_float
-from models.grid import png_bytes, to_uint8
+from models.grid import to_uint8
 from models.latent import LatentModel
 
 ALPHA = 0.05  # the logit transform's margin: y = logit(ALPHA + (1 - 2 ALPHA) v)
@@ -106,8 +105,8 @@ def registered(monkeypatch):
 
 
 def _b64(image: torch.Tensor) -> str:
-    """One image [1, C, H, W] as a base64 PNG of its own size."""
-    return base64.b64encode(png_bytes(to_uint8(image)[0])).decode()
+    """One gray image [1, 1, H, W] as a base64 PNG of its own size."""
+    return encode_png(to_uint8(image)[0, :, :, 0])
 
 
 @pytest.mark.anyio
