@@ -162,12 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(args) -> None:
+def serve(args, worker_factory=None) -> None:
+    """Serve until SIGTERM; `worker_factory` is create_app's (its default when None)."""
     import uvicorn
 
     from app.config import Settings
     from app.main import create_app
     from app.server import uvicorn_config
+    from app.worker import Worker
 
     overrides = {key: getattr(args, key) for key in ("host", "port", "weights_dir", "device", "log_level")}
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
@@ -175,7 +177,7 @@ def serve(args) -> None:
     # raises SIGTERM again for the default handler to end the process (status -15). A server that
     # shut down cleanly exits 0 instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+    uvicorn.Server(uvicorn_config(create_app(settings, worker_factory or Worker), settings)).run()
 
 
 def main(argv: list[str] | None = None) -> int:

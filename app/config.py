@@ -53,8 +53,6 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="a request still waiting after this is answered 504")
     saturation_wait_s: float = Field(5.0, gt=0, description="a model whose oldest queued request has waited longer "
                                      "is reported saturated by /readyz")
-    fault_pass_delay_s: float = Field(0.0, ge=0, description="fault injection for tests and drills: every forward "
-                                      "pass first waits this long (0 in production)")
 
     # Serving.
     host: str = "127.0.0.1"

@@ -2,8 +2,9 @@
 
 Outgoing PNGs come from `models.grid` (the project's one encoder). Uploads are PNG or JPEG, at
 most `max_image_bytes` decoded and MAX_PIXELS declared, one frame. They are converted to the
-model's channels (16-bit scaled to 8-bit, palettes expanded, alpha composited over black, the
-background of the training data; colour to gray by ITU-R 601 luma) and stretched to the model's
+model's channels (16-bit scaled to 8-bit, palettes expanded, alpha composited over the model's
+background, what its training images were composited on: black for Fashion-MNIST, white for an
+image folder; colour to gray by ITU-R 601 luma) and stretched to the model's
 height and width with Pillow's bilinear filter (antialiased when shrinking; the aspect ratio is
 not kept). The result lies on the 8-bit grid, as the training data does.
 """
@@ -73,8 +74,10 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise ImageError(f"not valid base64 ({e})") from None
 
 
-def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int) -> torch.Tensor:
-    """PNG or JPEG bytes -> float [1, C, H, W] in [0, 1] for a model of `image_shape` (C, H, W)."""
+def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int,
+               background: str = "black") -> torch.Tensor:
+    """PNG or JPEG bytes -> float [1, C, H, W] in [0, 1] for a model of `image_shape` (C, H, W),
+    transparency composited over `background` ("black" or "white")."""
     if len(payload) > max_bytes:
         raise ImageError(f"the image is {len(payload)} bytes; at most {max_bytes} are accepted")
     channels, height, width = image_shape
@@ -86,7 +89,7 @@ def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int
             if getattr(image, "n_frames", 1) > 1:
                 raise ImageError("animated or multi-frame images are not accepted")
             image.load()
-            image = _to_mode(ImageOps.exif_transpose(image), "L" if channels == 1 else "RGB")
+            image = _to_mode(ImageOps.exif_transpose(image), "L" if channels == 1 else "RGB", background)
             if image.size != (width, height):
                 image = image.resize((width, height), RESAMPLE)
             pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
@@ -101,14 +104,14 @@ def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).unsqueeze(0).float().div(255)
 
 
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Any PNG/JPEG mode -> 8-bit L or RGB."""
+def _to_mode(image: Image.Image, mode: str, background: str) -> Image.Image:
+    """Any PNG/JPEG mode -> 8-bit L or RGB, transparency over `background`."""
     if image.mode.startswith("I"):  # 16-bit gray ("I;16", "I;16B") or 32-bit ("I"): scale to 8 bits
         levels = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257
         image = Image.fromarray(levels.round().astype(np.uint8))
     if image.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), rgba)
+        image = Image.alpha_composite(Image.new("RGBA", image.size, background), rgba)
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
     return image if image.mode == mode else image.convert(mode)

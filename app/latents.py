@@ -4,8 +4,8 @@ Every seed gets its own generator, in the model's per-seed rule (`latents_for_se
 `noise_for_seeds`, `completion_noise_for_seeds`), so image i of a request with seed s is the image
 of seed s + i whatever else is asked for or batched with it, and the image evaluation and the
 docs drew for that seed. Only those CPU noise draws are called here, never a forward pass:
-anything that runs a network (the encoder of an `{"image": ...}` latent, a completion's class
-posterior) goes through the worker.
+anything that runs a network (the encoder of an `{"image": ...}` latent, a projection's steps, a
+completion's class posterior) goes through the worker, as jobs handed to the caller's `run`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ from typing import Awaitable, Callable, Sequence
 import torch
 
 from app.errors import CapabilityError, InputError
+from app.operations import ENCODE, PROJECT
 from app.registry import ClassLatent, ServedModel
 from app.schemas import Latent, TraverseRequest
-from models.latent import lerp, slerp
+from models.latent import PROJECTION_STEPS, lerp, projection_latents, projection_state, slerp
 
 # How far class samples stray from the class mean at temperature 1, in class standard deviations.
 CLASS_SPREAD = 0.5
 # A projection (an image's latent for a model without an encoder) starts at the latent of this seed.
 PROJECTION_SEED = 0
+# A projection runs as jobs of this many optimiser steps, so that other requests' batches run between.
+PROJECTION_SLICE = 10
 
 Encode = Callable[[list[tuple[list, str]]], Awaitable[torch.Tensor]]
+RunJob = Callable[..., Awaitable[torch.Tensor]]  # (operation, *inputs, **params) -> the job's output
 
 
 def seed_latents(model: ServedModel, seeds: Sequence[int]) -> torch.Tensor:
@@ -137,6 +141,19 @@ def variations(model: ServedModel, result: torch.Tensor, n: int, noise: float, s
 def projection_start(model: ServedModel, n: int) -> torch.Tensor:
     """Where the projection of n images starts: the same fixed latent for each, [n, latent_dim]."""
     return seed_latents(model, [PROJECTION_SEED]).expand(n, -1).clone()
+
+
+async def encode_images(model: ServedModel, images: torch.Tensor, run: RunJob) -> torch.Tensor:
+    """Images [B, C, H, W] -> latents: the encoder's mean, or for a model that "project"s, the
+    projection (models.latent): PROJECTION_STEPS optimiser steps run as jobs of PROJECTION_SLICE
+    steps, each its own batch, so that the worker serves other requests between them."""
+    if "project" not in model.capabilities:
+        return await run(ENCODE, images)
+    state = projection_state(projection_start(model, images.shape[0]))
+    for first in range(0, PROJECTION_STEPS, PROJECTION_SLICE):
+        steps = min(PROJECTION_SLICE, PROJECTION_STEPS - first)
+        state = await run(PROJECT, images, state, first_step=first, steps=steps)
+    return projection_latents(state)
 
 
 def offsets(steps: int, extent: float, spacing: str) -> torch.Tensor:

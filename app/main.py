@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -50,16 +51,17 @@ and a **DCGAN** on Fashion-MNIST. What each model can do is in its `capabilities
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, worker_factory: Callable[..., Worker] = Worker) -> FastAPI:
+    """The app; `worker_factory` makes its worker from `Worker`'s arguments (a subclass, say)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     device = resolve_device(settings.device)
     metrics = Metrics()
     registry = Registry(settings.weights_dir, device)
-    worker = Worker(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
-                    queue_size=settings.queue_size, timeout_s=settings.request_timeout_s,
-                    channels_last=settings.channels_last, dtype=settings.dtype,
-                    pass_delay_s=settings.fault_pass_delay_s, requests_in_server=lambda: metrics.in_progress)
+    worker = worker_factory(device, metrics, batch_wait_ms=settings.batch_wait_ms, max_batch=settings.max_batch,
+                            queue_size=settings.queue_size, timeout_s=settings.request_timeout_s,
+                            channels_last=settings.channels_last, dtype=settings.dtype,
+                            requests_in_server=lambda: metrics.in_progress)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

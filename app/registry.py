@@ -53,6 +53,11 @@ class ServedModel:
         return tuple(self.module.config.image_shape)
 
     @property
+    def background(self) -> str:
+        """What its training images' transparency was composited on, and so an upload's is."""
+        return self.card.get("background", "black")
+
+    @property
     def latent_dim(self) -> int | None:
         return self.module.latent_dim
 
@@ -87,6 +92,7 @@ class ServedModel:
             "summary": self.module.summary,
             "dataset": self.card.get("dataset"),
             "image_shape": list(self.image_shape),
+            "background": self.background,
             "latent_dim": self.latent_dim,
             "classes": self.classes,
             "conditional": self.conditional,

@@ -299,6 +299,8 @@ class ModelInfo(BaseModel):
     summary: str = Field(description="what the model family is, in one line (from the family itself)")
     dataset: str | None
     image_shape: list[int] = Field(description="[C, H, W]")
+    background: Literal["black", "white"] = Field(
+        "black", description="what the training images stand on; an upload's transparency is composited on it")
     latent_dim: int | None = Field(description="null for autoregressive models (PixelCNN, PixelRNN)")
     classes: list[str]
     conditional: bool = Field(description="whether samples take a class")

@@ -29,7 +29,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +120,7 @@ def _merge(jobs: list[Job], device: torch.device, dtype: torch.dtype) -> list[to
 class Worker:
     def __init__(self, device: torch.device, metrics: Metrics, *, batch_wait_ms: float, max_batch: int,
                  queue_size: int, timeout_s: float, channels_last: bool = True, dtype: str = "float32",
-                 pass_delay_s: float = 0.0, requests_in_server: Callable[[], int] = lambda: 0):
+                 requests_in_server: Callable[[], int] = lambda: 0):
         self.device = device
         self.channels_last = channels_last
         # Half precision only on CUDA: on the CPU it is slower or changes images by several gray levels.
@@ -132,9 +131,7 @@ class Worker:
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.timeout_s = timeout_s
-        self.pass_delay_s = pass_delay_s  # fault injection: a forward pass this much slower
         self.requests_in_server = requests_in_server  # requests begun by the server, queued or not
-        self._held = False
         self._pending: deque[Job] = deque()
         self._passes = 0
         self._last_served: dict[str, int] = {}  # model name -> the pass that last served it
@@ -159,19 +156,6 @@ class Worker:
         settle(left, [QueueFull("the service is stopping")] * len(left))
         if self._thread is not None:
             self._thread.join(timeout)
-
-    @contextmanager
-    def held(self):
-        """While the block runs the worker starts no pass, so that jobs queue up (tests use it to
-        merge requests without racing the batch window)."""
-        with self._changed:
-            self._held = True
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._held = False
-                self._changed.notify_all()
 
     @property
     def alive(self) -> bool:
@@ -219,7 +203,7 @@ class Worker:
         """Wait for a job; give its batch up to `batch_wait_s` to fill while others are on their
         way; take it off the queue."""
         with self._changed:
-            while (not self._pending or self._held) and not self._stopping:
+            while not self._pending and not self._stopping:
                 self._changed.wait()
             if self._stopping:
                 return None
@@ -279,12 +263,7 @@ class Worker:
         self.metrics.batch_images.labels(*labels).observe(sum(job.size for job in batch))
         self.metrics.batch_requests.labels(*labels).observe(len(batch))
         try:
-            module = self._prepare(first.model.module)
-            if self.pass_delay_s:
-                time.sleep(self.pass_delay_s)
-            with torch.inference_mode():
-                output = first.operation.run(module, *_merge(batch, self.device, self.dtype), **first.params)
-                parts = output.float().cpu().split([job.size for job in batch])
+            parts = self._forward(batch)
         except Exception as e:  # a failed forward pass fails its requests, never the worker
             log.exception("inference failed", extra={"model": labels[0], "operation": labels[1]})
             settle(batch, [e] * len(batch))
@@ -292,6 +271,14 @@ class Worker:
         finally:
             self.metrics.inference_seconds.labels(*labels).observe(time.monotonic() - started)
         settle(batch, parts)
+
+    def _forward(self, batch: list[Job]) -> tuple[torch.Tensor, ...]:
+        """The batch's one forward pass: its jobs' inputs merged, its output split back per job."""
+        first = batch[0]
+        module = self._prepare(first.model.module)
+        with torch.inference_mode():
+            output = first.operation.run(module, *_merge(batch, self.device, self.dtype), **first.params)
+            return output.float().cpu().split([job.size for job in batch])
 
     def _prepare(self, module: nn.Module) -> nn.Module:
         """The module as this worker runs it, converted on its first batch."""

@@ -6,7 +6,8 @@ a verified copy of the weights for it to serve.
         server.rss_kib()
 
 Settings are passed as GENSERVE_* environment variables, so the process reads them as any
-deployment would.
+deployment would. `command` names another module that serves as `genserve serve` does (a test's
+server with a fault, say).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from models.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 600  # a loaded 2-core machine takes minutes to import torch and load
+SERVE = ("app.cli", "serve")  # `python -m` these, then --port
 
 
 def free_port() -> int:
@@ -54,15 +56,16 @@ class Server:
         raise RuntimeError(f"no VmRSS for process {self.process.pid}")
 
 
-def start_server(weights_dir: Path, log: Path, **settings) -> Server:
-    """Start `genserve serve` with GENSERVE_* `settings` and wait until /readyz answers 200."""
+def start_server(weights_dir: Path, log: Path, command: tuple[str, ...] = SERVE, **settings) -> Server:
+    """Start `genserve serve` (`python -m` `command`) with GENSERVE_* `settings` and wait until
+    /readyz answers 200."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "GENSERVE_WEIGHTS_DIR": str(weights_dir),
            **{f"GENSERVE_{key.upper()}": str(value) for key, value in settings.items()}}
     # Its own session, as a deployed server (and bench.peers' LitServe) runs: with Linux's scheduler
     # autogroups a server in the load generator's session would share that client's CPU share.
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", *command, "--port", str(port)],
                                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -81,9 +84,9 @@ def start_server(weights_dir: Path, log: Path, **settings) -> Server:
 
 
 @contextmanager
-def running_server(weights_dir: Path, log: Path, **settings):
+def running_server(weights_dir: Path, log: Path, command: tuple[str, ...] = SERVE, **settings):
     """`start_server`, stopped (SIGTERM, then SIGKILL after 30 s) when the block ends."""
-    server = start_server(weights_dir, log, **settings)
+    server = start_server(weights_dir, log, command, **settings)
     try:
         yield server
     finally:

@@ -1,10 +1,11 @@
-"""What PixelCNN and PixelRNN share: p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order.
+"""What PixelCNN and PixelRNN share: p(x) = prod_i p(x_i | x_<i) over sub-pixels in raster order,
+a pixel's colours in turn (R, then G given R, then B given R and G: the colour masks of
+`models.layers`).
 
 Each sub-pixel gets a `levels`-way softmax, so `log_prob` is an exact discrete log-likelihood.
-With several colour channels, the channels of one pixel are modelled as independent given all
-earlier pixels (still a normalised density). A subclass defines `forward(x, cond)` -> logits and
-`stepper(cond, batch)`, the same network run one pixel at a time (`Stepper`), which the sampler
-drives with as few tensor operations per pixel as it can.
+A subclass defines `forward(x, cond)` -> logits and `stepper(cond, batch)`, the same network run
+one sub-pixel at a time (`Stepper`), which the sampler drives with as few tensor operations per
+sub-pixel as it can.
 
 Sampling is inverse-CDF on uniform noise drawn up front, so a sample is a deterministic function
 of (noise, class, temperature): the same seed gives the same image alone or inside any batch, and
@@ -21,12 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.contract import Family
+from models.layers import colour_conv
 
 
 def softmax_head(channels: int, head_channels: int, image_channels: int, levels: int) -> nn.Sequential:
-    """Features [B, channels, H, W] -> `levels` logits per sub-pixel, [B, image_channels * levels, H, W]."""
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(),
-                         nn.Conv2d(head_channels, image_channels * levels, 1))
+    """Features [B, channels, H, W] -> `levels` logits per sub-pixel, [B, image_channels * levels, H, W],
+    each colour's from its own features and the earlier colours' (type B masks)."""
+    return nn.Sequential(nn.ReLU(), colour_conv(channels, head_channels, (1, 1), image_channels), nn.ReLU(),
+                         colour_conv(head_channels, image_channels * levels, (1, 1), image_channels))
 
 
 # Images per forward pass when a likelihood runs over every class (the class-marginal).
@@ -110,11 +113,11 @@ class AutoregressiveModel(Family):
     def class_posterior(self, x: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
         """p(class | the known pixels of x), [B, K], under the uniform class prior.
 
-        It uses the known pixels that come before the first unknown one in raster order: their
-        likelihood given a class needs no unknown pixel, so for a mask of top rows (a completion)
-        the posterior is exact. Known pixels after a gap are left out of it."""
-        known_pixels = known_mask.expand_as(x).all(1)  # [B, H, W]: a pixel's channels come together
-        prefix = known_pixels.flatten(1).long().cumprod(1).view_as(known_pixels).unsqueeze(1)
+        It uses the known sub-pixels that come before the first unknown one in raster-then-colour
+        order: their likelihood given a class needs no unknown one, so for a mask of top rows (a
+        completion) the posterior is exact. Known sub-pixels after a gap are left out of it."""
+        known = known_mask.expand_as(x).permute(0, 2, 3, 1)  # [B, H, W, C]: the sampling order
+        prefix = known.flatten(1).long().cumprod(1).view_as(known).permute(0, 3, 1, 2)
         per_class = self._every_class(x, lambda xs, ys: (self._sub_pixel_log_probs(xs, ys)
                                                          * prefix.repeat(len(ys) // len(x), 1, 1, 1)).flatten(1).sum(1))
         return per_class.t().softmax(1)
@@ -207,58 +210,66 @@ class AutoregressiveModel(Family):
 
     def _sample_naive(self, out, noise, known, temperature, cond, rows, on_row) -> torch.Tensor:
         for i in range(rows):
-            row_unknown = ~known[:, :, i, :]
             for j in range(out.shape[3]):
-                if not row_unknown[:, :, j].any():
-                    continue
-                logits = self(out, cond)[..., i, j]
-                value = self._inverse_cdf(logits, noise[:, :, i, j], temperature)
-                out[:, :, i, j] = torch.where(row_unknown[:, :, j], value, out[:, :, i, j])
+                for colour in range(out.shape[1]):
+                    unknown = ~known[:, colour, i, j]
+                    if not unknown.any():
+                        continue
+                    logits = self(out, cond)[:, colour, :, i, j]
+                    value = self._inverse_cdf(logits, noise[:, colour, i, j], temperature)
+                    out[:, colour, i, j] = torch.where(unknown, value, out[:, colour, i, j])
             if on_row is not None and on_row(i, out) is False:
                 break
         return out
 
     def _sample_fast(self, out, noise, known, temperature, cond, rows, on_row) -> torch.Tensor:
-        """The pixel loop over `self.stepper`, with as few tensor operations per pixel as it can:
-        views are cut once per row, levels are written straight into a row buffer."""
+        """The sub-pixel loop over `self.stepper`, with as few tensor operations per sub-pixel as
+        it can: views are cut once per row, levels are written straight into a row buffer."""
         b, c, _, width = noise.shape
         levels = self.config.levels
         top = levels - 1
         stepper = self.stepper(cond, b)
         every_pixel = stepper.every_pixel
-        # The level of each sub-pixel of the current row, column-major so each column is contiguous.
-        row_levels = torch.zeros(width, b * c, 1, dtype=torch.long, device=out.device)
+        # The level of each sub-pixel of the current row, in sampling order (column by column, a
+        # column's colours in turn), [W * C, B, 1], so each is contiguous.
+        row_levels = torch.zeros(width * c, b, 1, dtype=torch.long, device=out.device)
         level_slots = row_levels.unbind(0)
-        probs = torch.empty(b * c, levels, dtype=out.dtype, device=out.device)
+        probs = torch.empty(b, levels, dtype=out.dtype, device=out.device)
         # The level is the count of CDF values below u, at most levels - 1 (rounding may leave
         # the last one under u): searching all but the last one gives that with no clamp.
-        cdf = torch.empty(b * c, levels - 1, dtype=out.dtype, device=out.device)
+        cdf = torch.empty(b, levels - 1, dtype=out.dtype, device=out.device)
+
+        def in_order(row: torch.Tensor) -> torch.Tensor:
+            """[B, C, W] -> [W * C, B, 1], in sampling order."""
+            return row.permute(2, 1, 0).reshape(width * c, b, 1)
+
         for i in range(rows):
             stepper.start_row(i, out)
             unknown = ~known[:, :, i, :]  # [B, C, W]
-            wanted = unknown.flatten(0, 1).any(0).tolist()
+            wanted = in_order(unknown).any(1).view(-1).tolist()
             if not any(wanted) and not every_pixel:
                 continue
-            last = width - 1 if every_pixel else max(j for j, w in enumerate(wanted) if w)
-            mixed = (~unknown.flatten(0, 1).all(0)).tolist()
-            given = (out[:, :, i, :] * top).round().long().flatten(0, 1).t().unsqueeze(-1)  # [W, B*C, 1]
+            last = width - 1 if every_pixel else max(k for k, w in enumerate(wanted) if w) // c
+            mixed = (~in_order(unknown).all(1).view(-1)).tolist()
+            given = in_order((out[:, :, i, :] * top).round().long())
             row_levels.copy_(given)
-            u_row = noise[:, :, i, :].flatten(0, 1).t().unsqueeze(-1).contiguous()  # [W, B*C, 1]
-            u_cols, given_cols = u_row.unbind(0), given.unbind(0)
-            keep_cols = (~unknown).flatten(0, 1).t().unsqueeze(-1).unbind(0)
+            u_subs, given_subs = in_order(noise[:, :, i, :]).contiguous().unbind(0), given.unbind(0)
+            keep_subs = in_order(~unknown).unbind(0)
             for j in range(last + 1):
-                logits = stepper.step(j).view(b * c, levels)
-                slot = level_slots[j]
-                if wanted[j]:
-                    if temperature != 1.0:  # as the naive path divides (1.0 would change no bit)
-                        logits = logits / temperature
-                    torch.softmax(logits, -1, out=probs)
-                    torch.cumsum(probs[:, :-1], -1, out=cdf)
-                    torch.searchsorted(cdf, u_cols[j], out=slot)
-                    if mixed[j]:
-                        torch.where(keep_cols[j], given_cols[j], slot, out=slot)
-                stepper.emit(j, slot)
-            out[:, :, i, :] = row_levels.view(width, b, c).permute(1, 2, 0).to(out.dtype) / top
+                for colour in range(c):
+                    k = j * c + colour
+                    logits = stepper.step(j, colour)
+                    slot = level_slots[k]
+                    if wanted[k]:
+                        if temperature != 1.0:  # as the naive path divides (1.0 would change no bit)
+                            logits = logits / temperature
+                        torch.softmax(logits, -1, out=probs)
+                        torch.cumsum(probs[:, :-1], -1, out=cdf)
+                        torch.searchsorted(cdf, u_subs[k], out=slot)
+                        if mixed[k]:
+                            torch.where(keep_subs[k], given_subs[k], slot, out=slot)
+                    stepper.emit(j, colour, slot)
+            out[:, :, i, :] = row_levels.view(width, c, b).permute(2, 1, 0).to(out.dtype) / top
             if on_row is not None and on_row(i, out) is False:
                 break
         return out
@@ -268,30 +279,31 @@ class AutoregressiveModel(Family):
         raise NotImplementedError
 
     def _inverse_cdf(self, logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Pick the level whose CDF interval holds u; logits [B, C, levels], u [B, C] -> [B, C] in [0, 1]."""
+        """Pick the level whose CDF interval holds u; logits [B, levels], u [B] -> [B] in [0, 1]."""
         cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
         level = (cdf < u.unsqueeze(-1)).sum(-1).clamp_(max=self.config.levels - 1)
         return level.to(u.dtype) / (self.config.levels - 1)
 
 
 class Stepper(Protocol):
-    """A family's network run one pixel at a time, each pixel's activations computed once.
+    """A family's network run one sub-pixel at a time, each pixel's activations computed once
+    (in colour, those of each colour's group of channels).
 
     The sampler calls, for each row i it draws: `start_row(i, images)` (rows < i of `images` are
-    final), then for j = 0, 1, ... in order `step(j)` -> the logits of pixel (i, j),
-    [B, C * levels], and `emit(j, level)` with the pixel's final level [B * C, 1] (drawn or
-    given). `every_pixel`: whether known pixels must be stepped too (a state that runs through
-    every row); otherwise rows given whole, and a row's columns after its last drawn one, are
-    skipped.
+    final), then for j = 0, 1, ... in order and for each colour in order, `step(j, colour)` ->
+    the logits of sub-pixel (i, j, colour), [B, levels], and `emit(j, colour, level)` with its
+    final level [B, 1] (drawn or given). `every_pixel`: whether known pixels must be stepped too
+    (a state that runs through every row); otherwise rows given whole, and a row's columns after
+    its last drawn one, are skipped.
     """
 
     every_pixel: bool
 
     def start_row(self, i: int, images: torch.Tensor) -> None: ...
 
-    def step(self, j: int) -> torch.Tensor: ...
+    def step(self, j: int, colour: int) -> torch.Tensor: ...
 
-    def emit(self, j: int, level: torch.Tensor) -> None: ...
+    def emit(self, j: int, colour: int, level: torch.Tensor) -> None: ...
 
 
 class RowConv:
@@ -311,42 +323,39 @@ class RowConv:
 
 
 class HeadStep:
-    """`softmax_head` on one pixel's features [B, c] -> logits [B, C * levels], into buffers made
-    once: a column of ones carries each bias, so the head is three operations and a ReLU."""
+    """`softmax_head` on one pixel's features [B, c] -> the logits of one colour [B, levels], into
+    buffers made once: a column of ones carries each bias, so the head is three operations and a
+    ReLU."""
 
-    def __init__(self, head: nn.Sequential, batch: int):
+    def __init__(self, head: nn.Sequential, batch: int, colours: int):
         first, last = head[1], head[3]
         new = dict(dtype=first.weight.dtype, device=first.weight.device)
         self.features = torch.ones(batch, first.in_channels + 1, **new)
         self.hidden = torch.ones(batch, first.out_channels + 1, **new)
-        self.w_first = torch.cat([first.weight[:, :, 0, 0].t(), first.bias[None]])
-        self.w_last = torch.cat([last.weight[:, :, 0, 0].t(), last.bias[None]])
-        self.logits = torch.empty(batch, last.out_channels, **new)
+        self.w_first = torch.cat([first.masked_weight[:, :, 0, 0].t(), first.bias[None]])
+        w_last = torch.cat([last.masked_weight[:, :, 0, 0].t(), last.bias[None]])
+        levels = last.out_channels // colours
+        self.w_last = [w_last[:, k * levels:(k + 1) * levels].contiguous() for k in range(colours)]
+        self.logits = torch.empty(batch, levels, **new)
 
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor, colour: int) -> torch.Tensor:
         torch.clamp_min(h, 0, out=self.features[:, :-1])
         torch.mm(self.features, self.w_first, out=self.hidden[:, :-1]).clamp_min_(0)
-        return torch.mm(self.hidden, self.w_last, out=self.logits)
+        return torch.mm(self.hidden, self.w_last[colour], out=self.logits)
 
 
 class PixelPush:
-    """What a finished pixel adds to later pre-activations through a linear map `push` [C, D] of
-    the network's input (x * 2 - 1): one table row per level, so a pixel costs one lookup (channel
-    ch's levels are rows ch * levels ..., summed over a colour pixel's channels)."""
+    """What a finished sub-pixel adds to later pre-activations through a linear map `push` [C, D]
+    of the network's input (x * 2 - 1): one table per colour, a row per level, so a sub-pixel
+    costs one lookup."""
 
-    def __init__(self, push: torch.Tensor, levels: int, batch: int):
-        channels = push.shape[0]
+    def __init__(self, push: torch.Tensor, levels: int):
         values = torch.arange(levels, dtype=push.dtype, device=push.device) / (levels - 1) * 2 - 1
-        self.table = (values[None, :, None] * push[:, None, :]).reshape(channels * levels, -1)
-        self.channels, self.batch = channels, batch
-        self.offsets = (torch.arange(channels, device=push.device) * levels).repeat(batch).view(batch, channels)
+        self.tables = [values[:, None] * row[None, :] for row in push]
 
-    def add_to(self, into: torch.Tensor, level: torch.Tensor) -> None:
-        """`into` [B, D] += the push of the pixel whose levels are `level` [B * C, 1]."""
-        if self.channels == 1:
-            into.add_(torch.embedding(self.table, level.view(-1)))
-        else:
-            into.add_(torch.embedding(self.table, level.view(self.batch, self.channels) + self.offsets).sum(1))
+    def add_to(self, into: torch.Tensor, colour: int, level: torch.Tensor) -> None:
+        """`into` [B, D] += the push of sub-pixels of `colour` whose levels are `level` [B, 1]."""
+        into.add_(torch.embedding(self.tables[colour], level.view(-1)))
 
 
 def _concat(draws: list[tuple]) -> tuple:

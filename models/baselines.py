@@ -4,6 +4,7 @@
     python -m models.baselines vae --minutes 10       # pytorch/examples' MLP VAE (784-400-20)
     python -m models.baselines pixelcnn --minutes 32.5 --threads 2   # jzbontar/pixelcnn-pytorch
     python -m models.evaluate runs/baselines/dcgan runs/baselines/vae runs/baselines/pixelcnn   # score them
+    python -m models.baselines dcgan --dataset folder --data-dir DIR --image-size 32 --minutes 35   # your images
 
 Each recipe is written as its example writes it (architecture, initialisation, optimiser, loss,
 batch size) so that the comparison in docs/quality.md is reproducible here. The budget counts the
@@ -33,13 +34,19 @@ from torch import nn
 from tqdm import tqdm
 
 from models.checkpoint import sha256_file
-from models.data import load_dataset, to_float
+from models.data import DATASETS, FOLDER, DatasetError, load_dataset, to_float
 from models.dcgan import init_weights
 from models.grid import save_grid
 
 BASELINE_FILE = "baseline.json"
 SAMPLES_FILE = "samples.safetensors"
 WEIGHTS_FILE = "weights.safetensors"
+
+
+def only_fashion_mnist(recipe: nn.Module, image_shape) -> tuple[int, int, int]:
+    if tuple(image_shape) != (1, 28, 28):
+        raise ValueError(f"the {type(recipe).__name__} recipe is for 1x28x28 images only, not {list(image_shape)}")
+    return (1, 28, 28)
 
 
 class BaselineDCGAN(nn.Module):
@@ -55,19 +62,26 @@ class BaselineDCGAN(nn.Module):
     batch_size, lr, betas, latent_dim = 64, 2e-4, (0.5, 0.5), 100
     likelihood = "none"  # scored by its samples
 
-    def __init__(self):
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
+        c, h, w = self.image_shape = tuple(image_shape)
+        if (h, w) not in ((28, 28), (32, 32)):
+            raise ValueError(f"the {type(self).__name__} recipe is for 28x28 or 32x32 images, not {h}x{w}")
+        # At 32x32 the tower goes 4 -> 8 -> 16 -> 32: the second transposed convolution's kernel
+        # and the critic's last one are 4 instead of 3, the one change the size needs.
+        k = 3 if h == 28 else 4
+        self.sizing = "as written" if (c, h) == (1, 28) else f"sized for {c}x{h}x{w}: kernel {k} in G's 2nd and D's last conv"
         self.generator = nn.Sequential(
             nn.ConvTranspose2d(self.latent_dim, 256, 4, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
-            nn.ConvTranspose2d(256, 128, 3, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.ConvTranspose2d(256, 128, k, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
             nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.ConvTranspose2d(64, 1, 4, 2, 1, bias=False), nn.Tanh(),
+            nn.ConvTranspose2d(64, c, 4, 2, 1, bias=False), nn.Tanh(),
         )
         self.discriminator = nn.Sequential(
-            nn.Conv2d(1, 64, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 64, 4, 2, 1, bias=False), nn.LeakyReLU(0.2),
             nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
             nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2),
-            nn.Conv2d(256, 1, 3, 1, 0, bias=False), nn.Sigmoid(),
+            nn.Conv2d(256, 1, k, 1, 0, bias=False), nn.Sigmoid(),
         )
         self.make_optimisers()
 
@@ -110,8 +124,9 @@ class BaselineDCGANPythonCut(BaselineDCGAN):
               "D 1-64-128-1, BCE, Adam 2e-4 beta1 0.5, batch 64")
     betas = (0.5, 0.999)
 
-    def __init__(self, width: int = 64):
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), width: int = 64):
         nn.Module.__init__(self)
+        self.image_shape, self.sizing = only_fashion_mnist(self, image_shape), "as written"
         g = d = width
         self.generator = nn.Sequential(
             nn.ConvTranspose2d(self.latent_dim, 2 * g, 7, 1, 0, bias=False), nn.BatchNorm2d(2 * g), nn.ReLU(True),
@@ -138,10 +153,13 @@ class BaselineVAE(nn.Module):
     batch_size, lr, latent_dim = 128, 1e-3, 20
     likelihood = "none"
 
-    def __init__(self):
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
-        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+        self.image_shape = tuple(image_shape)
+        pixels = math.prod(self.image_shape)  # 784 as written; the MLP's input and output follow the images
+        self.sizing = "as written" if self.image_shape == (1, 28, 28) else f"sized for {pixels} inputs"
+        self.fc1, self.fc21, self.fc22 = nn.Linear(pixels, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, pixels)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -163,7 +181,7 @@ class BaselineVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.latent_dim, generator=generator)
-        return torch.sigmoid(self.decode_logits(z)).view(n, 1, 28, 28)
+        return torch.sigmoid(self.decode_logits(z)).view(n, *self.image_shape)
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -192,8 +210,9 @@ class BaselinePixelCNN(nn.Module):
     batch_size, lr, width, n_layers = 128, 1e-3, 64, 8
     likelihood = "exact"
 
-    def __init__(self):
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28)):
         super().__init__()
+        self.image_shape, self.sizing = only_fashion_mnist(self, image_shape), "as written"
         layers: list[nn.Module] = []
         for i in range(self.n_layers):
             layers += [MaskedConv2d("A" if i == 0 else "B", 1 if i == 0 else self.width, self.width, 7, 1, 3,
@@ -222,13 +241,15 @@ RECIPES = {"dcgan": BaselineDCGAN, "dcgan-python-cut": BaselineDCGANPythonCut, "
 
 
 def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed: int = 0, n_samples: int = 10000,
-                   data_dir: str | None = None, limit: int | None = None, quiet: bool = False) -> dict:
+                   data_dir: str | None = None, limit: int | None = None, quiet: bool = False,
+                   dataset: str = "fashion-mnist", image_size: int | None = None) -> dict:
     """Train recipe `name` until its CPU budget is spent (finishing the step under way), then write
     its samples and record into `out`."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    train = load_dataset("fashion-mnist", "train", data_dir, limit=limit)
-    model = RECIPES[name]()
+    train = load_dataset(dataset, "train", data_dir, limit=limit,
+                         **({"image_size": image_size, "quiet": quiet} if dataset == FOLDER else {}))
+    model = RECIPES[name](train.image_shape)
     noise = torch.Generator().manual_seed(seed)
     budget_s, used_s, steps, epochs = minutes * 60, 0.0, 0, 0.0
     steps_per_epoch = len(train) // model.batch_size
@@ -265,6 +286,10 @@ def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed:
     record = {
         "baseline": name,
         "recipe": model.recipe,
+        "sizing": model.sizing,
+        # What models.evaluate scores the samples against, in a card's terms.
+        "data": {"dataset": dataset, "image_shape": list(train.image_shape),
+                 **({"data_dir": str(data_dir)} if dataset == FOLDER else {})},
         "budget_minutes": minutes,
         "budget_clock": f"training-loop CPU time / {threads} thread(s)",
         "threads": threads,
@@ -290,12 +315,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=10000)
+    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     parser.add_argument("--data-dir")
+    parser.add_argument("--image-size", type=int, help="a folder's images are scaled and cropped to this side")
     parser.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    record = train_baseline(args.recipe, args.minutes, args.out or Path("runs/baselines") / args.recipe,
-                            args.threads, args.seed, args.samples, args.data_dir, args.limit, args.quiet)
+    try:
+        record = train_baseline(args.recipe, args.minutes, args.out or Path("runs/baselines") / args.recipe,
+                                args.threads, args.seed, args.samples, args.data_dir, args.limit, args.quiet,
+                                args.dataset, args.image_size)
+    except (DatasetError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps({k: v for k, v in record.items() if k != "metrics"}), flush=True)
 
 

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# The largest latent size a config may declare; the API caps latent vectors at this length too.
+# The shipped families' upper bounds on latent_dim and n_classes; the API caps latent vectors at
+# MAX_LATENT_DIM too.
 MAX_LATENT_DIM = 1024
 MAX_CLASSES = 1000
-# Bounds on the config fields the shipped families share. A family declares its own in the field's
-# metadata, `field(default=4, metadata={"bounds": (1, 32)})`, which comes first; a field bounded
-# nowhere gets DEFAULT_BOUND.
-CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
-    "latent_dim": (1, MAX_LATENT_DIM),
-    "n_classes": (0, MAX_CLASSES),
-    "levels": (2, 256),
-    "kernel_size": (1, 15),
-    "first_kernel": (3, 15),
-    "n_layers": (1, 64),
-    "channels": (1, 1024),
-    "head_channels": (1, 4096),
-    "width": (1, 1024),
-    "generator_width": (1, 1024),
-    "discriminator_width": (1, 1024),
-    "hidden": (1, 8192),
-    "feature_dim": (1, 4096),
-    "dropout": (0, 1),
-    "prior_components": (0, 256),  # each holds a latent_dim x latent_dim covariance factor
-}
-DEFAULT_BOUND = (0, 4096)
+# A family declares each numeric config field's bounds in the field's metadata,
+# `field(default=4, metadata={"bounds": (1, 32)})`. A field that declares none still gets a cap,
+# so that no card can size a module beyond it.
+UNDECLARED_BOUNDS = (0, 4096)
 MAX_CHOICE = 64  # characters of a string-valued config field
 IMAGE_CHANNELS = (1, 3)
 IMAGE_SIDE = (4, 128)  # pixels; the shipped models are 28 x 28
@@ -88,6 +72,10 @@ class Card(BaseModel):
     dataset: Name | None = None
     classes: list[Name] = Field(default_factory=list, max_length=MAX_CLASSES)
     image_shape: list[int] | None = Field(None, min_length=3, max_length=3)
+    # What transparent pixels of the training images were composited on: uploads get the same.
+    background: Literal["black", "white"] = "black"
+    # The folder, beside this one, of the classifier that scored the model and made its class latents.
+    classifier: str | None = Field(None, pattern=r"^[\w-][\w.-]*$", max_length=200)
     training: Training = Field(default_factory=Training)
     metrics: dict[str, Any] = Field(default_factory=dict)
     class_latents: dict[str, ClassLatentEntry] | None = None
@@ -125,7 +113,7 @@ def check_config(family: str, config_class: type, config: dict) -> None:
             if not (value is None or isinstance(value, (str, bool))) or len(str(value)) > MAX_CHOICE:
                 raise CardError(f"{family} config {name}={value!r} is not a short string or a boolean")
         else:
-            low, high = fields[name].metadata.get("bounds", CONFIG_BOUNDS.get(name, DEFAULT_BOUND))
+            low, high = fields[name].metadata.get("bounds", UNDECLARED_BOUNDS)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or not math.isfinite(value) or not low <= value <= high:
                 raise CardError(f"{family} config {name}={value!r} is outside [{low}, {high}]")

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.card import CardError, check_config, validate_card
+from models.card import MAX_LATENT_DIM, CardError, check_config, validate_card
 
 from models.families import FAMILIES
 
@@ -76,7 +76,11 @@ def build_model(family: str, config: dict, device: str | torch.device | None = N
     try:
         check_config(family, cls.Config, config)
         with torch.device(device or "cpu"):
-            return cls(cls.Config(**config))
+            module = cls(cls.Config(**config))
+        # Whatever a family declares, the API's latent vectors are capped at MAX_LATENT_DIM.
+        if module.latent_dim is not None and module.latent_dim > MAX_LATENT_DIM:
+            raise CardError(f"latent_dim {module.latent_dim} is above {MAX_LATENT_DIM}")
+        return module
     except (CardError, TypeError, ValueError) as e:
         raise CheckpointError(f"{family} config is invalid: {e}") from e
 

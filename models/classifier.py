@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.card import MAX_CLASSES
 from models.contract import Family
 
 
 @dataclass
 class ClassifierConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)
-    n_classes: int = 10
-    width: int = 32
-    feature_dim: int = 128
-    dropout: float = 0.3
+    n_classes: int = field(default=10, metadata={"bounds": (0, MAX_CLASSES)})
+    width: int = field(default=32, metadata={"bounds": (1, 1024)})
+    feature_dim: int = field(default=128, metadata={"bounds": (1, 4096)})
+    dropout: float = field(default=0.3, metadata={"bounds": (0, 1)})
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)

@@ -1,7 +1,8 @@
-"""Image datasets from IDX files (the MNIST family's format), as uint8 tensors.
+"""Image datasets as uint8 tensors: IDX files (the MNIST family's format) and folders of images.
 
 Fashion-MNIST is the default and is found where Debian's `dataset-fashion-mnist` package puts it.
 MNIST is read from a folder of IDX files; `download_mnist` fetches them only when a user asks.
+`folder` is a folder of your own images, read by `models.folder`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import struct
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ DEFAULT_DIRS = {
     "mnist": Path(os.path.expanduser("~/.cache/genserve/mnist")),
 }
 CLASSES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
+FOLDER = "folder"
+DATASETS = [*CLASSES, FOLDER]
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -50,7 +53,11 @@ class ImageDataset:
     split: str
     images: torch.Tensor
     labels: torch.Tensor
-    classes: list[str]
+    classes: list[str]  # empty for unlabelled data (every label 0)
+    # What transparency was composited on: the IDX sets have none and black grounds; a folder's
+    # images are composited on white (models.folder).
+    background: str = "black"
+    files: list[str] = field(default_factory=list)  # a folder's images, relative to it, in order
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -96,15 +103,24 @@ def _find(data_dir: Path, stem: str) -> Path:
 
 
 def load_dataset(name: str = "fashion-mnist", split: str = "train", data_dir: str | Path | None = None,
-                 limit: int | None = None) -> ImageDataset:
-    """Load a split of a known dataset as uint8 images [N, 1, 28, 28] and labels.
+                 limit: int | None = None, *, image_size: int | None = None, channels: int | None = None,
+                 cache_dir: str | Path | None = None, quiet: bool = False) -> ImageDataset:
+    """Load a split of a known dataset as uint8 images [N, C, H, W] and labels: [N, 1, 28, 28] for
+    the IDX sets, [N, C, image_size, image_size] for a folder (`models.folder`, which alone reads
+    `image_size`, `channels`, `cache_dir` and `quiet`).
 
     `limit` keeps the first images only (for smoke tests and tiny training runs).
     """
-    if name not in CLASSES:
-        raise DatasetError(f"unknown dataset {name!r}; known: {sorted(CLASSES)}")
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {DATASETS}")
     if split not in SPLIT_FILES:
         raise DatasetError(f"unknown split {split!r}; known: {sorted(SPLIT_FILES)}")
+    if name == FOLDER:
+        from models.folder import load_folder  # it builds on this module's types
+
+        return load_folder(data_dir, split, image_size, channels, limit, cache_dir, quiet)
+    if image_size is not None or channels is not None:
+        raise DatasetError(f"{name} is 28x28 gray: --image-size and --channels are for --dataset folder")
     directory = Path(data_dir) if data_dir else DEFAULT_DIRS[name]
     if not directory.is_dir():
         hint = {
@@ -134,6 +150,18 @@ def load_dataset(name: str = "fashion-mnist", split: str = "train", data_dir: st
         labels=torch.from_numpy(labels.astype(np.int64)),
         classes=list(CLASSES[name]),
     )
+
+
+def dataset_of_card(card: dict, split: str, data_dir: str | Path | None = None, limit: int | None = None,
+                    cache_dir: str | Path | None = None, quiet: bool = False) -> ImageDataset:
+    """A split of the data a checkpoint was trained on, as its card records it (a folder: its
+    path, unless `data_dir` names where it is now, at the size and channels of the model)."""
+    name = card.get("dataset") or "fashion-mnist"
+    if name != FOLDER:
+        return load_dataset(name, split, data_dir, limit)
+    channels, size, _ = card["image_shape"]
+    return load_dataset(FOLDER, split, data_dir or card.get("data_dir"), limit, image_size=size, channels=channels,
+                        cache_dir=cache_dir, quiet=quiet)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -3,33 +3,35 @@
 The paper's guidelines: strided (transposed) convolutions instead of pooling, batchnorm in both
 nets (not on the generator's output nor the discriminator's input), ReLU in the generator with a
 tanh output, LeakyReLU(0.2) in the discriminator; trained with Adam (lr 2e-4, beta1 0.5).
-Sized for any height and width that are multiples of 4 (28x28 starts from a 7x7 map).
+Sized for any height and width that are multiples of 4, one up/down-sampling stage per doubling
+(28x28 starts from a 7x7 map in two stages, 32x32 from 4x4 in three, 64x64 in four).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from models.latent import LatentModel
+from models.card import MAX_LATENT_DIM
+from models.latent import LatentModel, check_resolution, resolution_stages
 
 
 @dataclass
 class DCGANConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)
-    latent_dim: int = 100
-    generator_width: int = 64  # channels of the last hidden layer; x2 and x4 further in
-    discriminator_width: int = 64
+    latent_dim: int = field(default=100, metadata={"bounds": (1, MAX_LATENT_DIM)})
+    # channels of the last hidden layer; x2 and x4 further in
+    generator_width: int = field(default=64, metadata={"bounds": (1, 1024)})
+    discriminator_width: int = field(default=64, metadata={"bounds": (1, 1024)})
     # "batch": the paper's batchnorm; "spectral": spectral normalisation of every weight (Miyato et
     # al. 2018), which bounds the discriminator's Lipschitz constant and steadies the game.
     discriminator_norm: str = "batch"
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
-        if self.image_shape[1] % 4 or self.image_shape[2] % 4:
-            raise ValueError("DCGAN image height and width must be multiples of 4")
+        check_resolution("DCGAN", self.image_shape)
         if self.discriminator_norm not in ("batch", "spectral"):
             raise ValueError(f"discriminator_norm must be 'batch' or 'spectral', not {self.discriminator_norm!r}")
 
@@ -50,18 +52,14 @@ class Generator(nn.Module):
     def __init__(self, config: DCGANConfig):
         super().__init__()
         c, h, w = config.image_shape
-        g = config.generator_width
-        self.net = nn.Sequential(
-            # z as a 1x1 map -> (h/4, w/4): a "projection and reshape" done as one transposed conv.
-            nn.ConvTranspose2d(config.latent_dim, 4 * g, (h // 4, w // 4), 1, 0, bias=False),
-            nn.BatchNorm2d(4 * g), nn.ReLU(True),
-            nn.ConvTranspose2d(4 * g, 2 * g, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(2 * g), nn.ReLU(True),
-            nn.ConvTranspose2d(2 * g, g, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(g), nn.ReLU(True),
-            nn.Conv2d(g, c, 3, 1, 1),
-            nn.Tanh(),
-        )
+        stages = resolution_stages(h, w)
+        widths = [config.generator_width * 2 ** (stages - i) for i in range(stages + 1)]  # ... 4g, 2g, g
+        # z as a 1x1 map -> the first map: a "projection and reshape" done as one transposed conv.
+        layers = [nn.ConvTranspose2d(config.latent_dim, widths[0], (h >> stages, w >> stages), 1, 0, bias=False),
+                  nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        self.net = nn.Sequential(*layers, nn.Conv2d(widths[-1], c, 3, 1, 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z[:, :, None, None])
@@ -71,7 +69,8 @@ class Discriminator(nn.Module):
     def __init__(self, config: DCGANConfig):
         super().__init__()
         c, h, w = config.image_shape
-        d = config.discriminator_width
+        stages = resolution_stages(h, w)
+        widths = [config.discriminator_width * 2 ** i for i in range(stages + 1)]  # d, 2d, 4d ...
         spectral = config.discriminator_norm == "spectral"
 
         def conv(c_in: int, c_out: int, kernel, stride: int, padding: int, normed: bool) -> list[nn.Module]:
@@ -80,12 +79,12 @@ class Discriminator(nn.Module):
                 return [nn.utils.parametrizations.spectral_norm(layer)]
             return [layer, nn.BatchNorm2d(c_out)] if normed else [layer]
 
-        self.net = nn.Sequential(
-            *conv(c, d, 4, 2, 1, normed=False), nn.LeakyReLU(0.2, True),
-            *conv(d, 2 * d, 4, 2, 1, normed=True), nn.LeakyReLU(0.2, True),
-            *conv(2 * d, 4 * d, 3, 1, 1, normed=True), nn.LeakyReLU(0.2, True),
-            *conv(4 * d, 1, (h // 4, w // 4), 1, 0, normed=False),
-        )
+        # Halve the map once per stage, widen once more at the last size, then score the whole map.
+        layers = [*conv(c, widths[0], 4, 2, 1, normed=False), nn.LeakyReLU(0.2, True)]
+        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
+            last = i == stages - 1
+            layers += [*conv(c_in, c_out, 3 if last else 4, 1 if last else 2, 1, normed=True), nn.LeakyReLU(0.2, True)]
+        self.net = nn.Sequential(*layers, *conv(widths[-1], 1, (h >> stages, w >> stages), 1, 0, normed=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: float [B, C, H, W] in [0, 1] -> real/fake logits [B]."""

@@ -5,6 +5,10 @@
     python -m models.evaluate weights/dcgan         # sample quality + class latents
     python -m models.evaluate weights/classifier    # test accuracy
     python -m models.evaluate runs/baselines/dcgan  # the samples of a `models.baselines` recipe
+    python -m models.evaluate weights/mine --classifier weights/mine-classifier   # trained on a folder
+
+The data is the card's: its dataset, and for a folder its path (`--data-dir` if it has moved),
+size and channels; its classifier is trained on the same folder (`models.train classifier`).
 
 Sample quality is measured in the feature space of the small classifier in `weights/classifier`
 (trained by `python -m models.train classifier`): the Frechet distance between generated samples
@@ -25,17 +29,18 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from models.baselines import BASELINE_FILE, RECIPES, SAMPLES_FILE, WEIGHTS_FILE
 from models.checkpoint import load_checkpoint, update_card, verify_sha256
-from models.data import ImageDataset, load_dataset, to_float
+from models.data import DatasetError, ImageDataset, dataset_of_card, load_dataset, to_float
 from models.latent import LatentModel
 
 DEFAULT_CLASSIFIER = Path("weights/classifier")
 QUICK_SAMPLES = 1000
+TEST_FEATURES_FILE = "test_features.safetensors"
 SAMPLE_BATCH = 500  # seeds per batch: the first 1,000 samples need only two
 
 
@@ -57,11 +62,20 @@ def features_of(classifier: nn.Module, images: torch.Tensor, batch_size: int = 5
     return torch.cat(feats), torch.cat(probs)
 
 
+def feature_statistics(features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The mean [D] and covariance [D, D] of features [N, D], all a Frechet distance needs of them."""
+    features = features.double()
+    return {"mean": features.mean(0), "covariance": torch.cov(features.T)}
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets [N, D]."""
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    return frechet_from_statistics(feature_statistics(a), feature_statistics(b))
+
+
+def frechet_from_statistics(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The Frechet distance between two Gaussians given by `feature_statistics`."""
+    mu_a, mu_b, cov_a, cov_b = a["mean"], b["mean"], a["covariance"], b["covariance"]
     # Tr((S_a S_b)^(1/2)) = sum of sqrt(eig(S_a^(1/2) S_b S_a^(1/2))), a symmetric PSD matrix.
     eigvals, eigvecs = torch.linalg.eigh(cov_a)
     sqrt_a = eigvecs @ torch.diag(eigvals.clamp(min=0).sqrt()) @ eigvecs.T
@@ -90,11 +104,12 @@ def generate(model: nn.Module, n: int, batch_size: int, quiet: bool) -> torch.Te
 
 @torch.no_grad()
 def completion_report(model: nn.Module, classifier: nn.Module, test: ImageDataset, n: int, quiet: bool,
-                      keep_rows: int = 14, batch_size: int = 100) -> dict:
-    """Complete the bottom of n test images from their top `keep_rows` rows, the class left to the
+                      batch_size: int = 100) -> dict:
+    """Complete the bottom half of n test images from their top rows, the class left to the
     model: how often the classifier gives a completion its image's class (a completion that
     continues what it is shown), and how often the model's own class posterior does."""
     images, labels = to_float(test.images[:n]), test.labels[:n]
+    keep_rows = images.shape[2] // 2
     known = torch.zeros_like(images, dtype=torch.bool)
     known[:, :, :keep_rows] = True
     device = next(model.parameters()).device
@@ -135,10 +150,11 @@ def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: boo
 
 @torch.no_grad()
 def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, quiet: bool,
-                  n_generated: int = 20000, confidence: float = 0.9) -> dict:
+                  n_generated: int = 20000, confidence: float = 0.9, at_least: int = 20) -> dict:
     """Each class's mean and std latent: from the encoder means of the train images if the model
     has an encoder, else from generated samples that the classifier assigns to the class with high
-    confidence (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim))."""
+    confidence (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim)); a rare
+    class with fewer than `at_least` such samples takes the `at_least` it ranks highest."""
     device = next(model.parameters()).device
     from_encoder = "encoder" in model.capabilities
     if from_encoder:
@@ -154,6 +170,8 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
     result = {}
     for index, name in enumerate(train.classes):
         members = mus[labels == index]
+        if not from_encoder and len(members) < at_least:
+            members = z[probs[:, index].topk(at_least).indices]
         if len(members) < 2:
             continue
         mean = members.mean(0)
@@ -177,12 +195,12 @@ def class_mean_accuracy(model: nn.Module, classifier: nn.Module, latents: dict, 
     return sum(int(p.argmax()) == classes.index(c) for p, c in zip(probs, names)) / max(1, len(names))
 
 
-def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name: str, dataset: str,
-                   data_dir: str | None, limit: int | None) -> dict:
-    """Frechet distance of float samples [N, C, H, W] to the test split in the classifier's
-    features (with the test-vs-train floor), and the classes the classifier gives them."""
-    test = load_dataset(dataset, "test", data_dir, limit=limit)
-    train = load_dataset(dataset, "train", data_dir, limit=limit)
+def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name: str, card: dict,
+                   data_dir: str | None, limit: int | None, cache_dir: str | None = None) -> dict:
+    """Frechet distance of float samples [N, C, H, W] to the test split of the card's data in the
+    classifier's features (with the test-vs-train floor), and the classes the classifier gives them."""
+    test = dataset_of_card(card, "test", data_dir, limit, cache_dir)
+    train = dataset_of_card(card, "train", data_dir, limit, cache_dir)
     test_feats, _ = features_of(classifier, to_float(test.images))
     train_feats, _ = features_of(classifier, to_float(train.images))
     sample_feats, sample_probs = features_of(classifier, samples)
@@ -194,7 +212,7 @@ def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name
         # upwards at small N), which a test can afford to recompute from the weights.
         f"frechet_distance_{QUICK_SAMPLES}": round(frechet_distance(sample_feats[:QUICK_SAMPLES], test_feats), 3),
         "frechet_feature_space": f"{classifier_name} penultimate layer ({test_feats.shape[1]} dims)",
-        **class_report(sample_probs, test.classes),
+        **(class_report(sample_probs, test.classes) if test.classes else {}),
     }
 
 
@@ -211,21 +229,23 @@ def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, li
         test = load_dataset("fashion-mnist", "test", data_dir, limit=limit)
         record["metrics"] = likelihood(model.eval(), test, 100, quiet)
     else:
-        samples, dataset = samples_of(path)
+        samples, card = samples_of(path)
         classifier, _ = load_checkpoint(classifier_path, device)
-        record["metrics"] = sample_quality(samples, classifier, classifier_path.name, dataset, data_dir, limit)
+        record["metrics"] = sample_quality(samples, classifier, classifier_path.name, card, data_dir, limit)
     (path / BASELINE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record["metrics"]
 
 
-def samples_of(path: Path, n: int | None = None, device: str = "cpu", quiet: bool = False) -> tuple[torch.Tensor, str]:
-    """(float samples, dataset) of a checkpoint, drawn as evaluation draws them, or of a baseline run."""
+def samples_of(path: Path, n: int | None = None, device: str = "cpu", quiet: bool = False) -> tuple[torch.Tensor, dict]:
+    """(float samples, card) of a checkpoint, drawn as evaluation draws them, or of a baseline run
+    (its record's "data" in a card's terms; Fashion-MNIST for records written before it)."""
     if (path / BASELINE_FILE).is_file():
         if not (path / SAMPLES_FILE).is_file():
             raise ValueError(f"{path}: this baseline is an explicit density, scored by its likelihood, not by samples")
-        return to_float(load_file(str(path / SAMPLES_FILE))["samples"]), "fashion-mnist"
+        data = json.loads((path / BASELINE_FILE).read_text()).get("data", {"dataset": "fashion-mnist"})
+        return to_float(load_file(str(path / SAMPLES_FILE))["samples"]), data
     model, card = load_checkpoint(path, device)
-    return draw_samples(model, n, quiet), card["dataset"]
+    return draw_samples(model, n, quiet), card
 
 
 def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
@@ -251,30 +271,34 @@ def grid_time(model: nn.Module, n: int = 16, repeats: int = 3) -> dict:
 
 def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: int | None = None,
              limit: int | None = None, device: str = "cpu", quiet: bool = False, data_dir: str | None = None,
-             keep_likelihood: bool = False) -> dict:
+             keep_likelihood: bool = False, cache_dir: str | None = None) -> dict:
     if (path / BASELINE_FILE).is_file():
         return evaluate_baseline(path, classifier_path, limit, device, data_dir, quiet)
     model, card = load_checkpoint(path, device)
-    test = load_dataset(card["dataset"], "test", data_dir, limit=limit)
+    test = dataset_of_card(card, "test", data_dir, limit, cache_dir, quiet)
     metrics: dict = {}
     if not model.capabilities:  # not a generator: the classifier
-        _, probs = features_of(model, to_float(test.images).to(device))
+        features, probs = features_of(model, to_float(test.images).to(device))
         metrics["test_accuracy"] = round(float((probs.argmax(1) == test.labels).double().mean()), 4)
+        # The test split in its features, shipped beside it: a generator's Frechet distance can be
+        # recomputed from the weights alone, where the data is not at hand (the tests, say).
+        save_file(feature_statistics(features), str(path / TEST_FEATURES_FILE))
         update_card(path, metrics=metrics)
         return metrics
     if "likelihood" in model.capabilities and not keep_likelihood:
         metrics.update(likelihood(model, test, 100 if model.likelihood == "exact" else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
-    train = load_dataset(card["dataset"], "train", data_dir, limit=limit)
+    train = dataset_of_card(card, "train", data_dir, limit, cache_dir, quiet)
     samples = draw_samples(model, n_samples, quiet)
     n = samples.shape[0]
-    metrics.update(sample_quality(samples, classifier, classifier_path.name, card["dataset"], data_dir, limit))
-    fields = {"metrics": metrics}
+    metrics.update(sample_quality(samples, classifier, classifier_path.name, card, data_dir, limit, cache_dir))
+    # The classifier's folder name (a sibling in weights/): the showcase draws its class pictures with it.
+    fields = {"metrics": metrics, "classifier": classifier_path.name}
     if model.sequential_sampling:
         metrics.update(grid_time(model))
     if "complete" in model.capabilities and model.class_conditional:
         metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
-    if isinstance(model, LatentModel):  # class latents, for `{"class": ...}` latents and arithmetic
+    if isinstance(model, LatentModel) and train.classes:  # for `{"class": ...}` latents and arithmetic
         latents = class_latents(model, classifier, train, quiet)
         metrics["class_mean_decodes_to_class"] = round(class_mean_accuracy(model, classifier, latents, test.classes), 3)
         fields["class_latents"] = latents
@@ -289,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
     parser.add_argument("--samples", type=int, help="generated samples for the Frechet distance")
     parser.add_argument("--limit", type=int, help="use the first N images of each split (quick checks)")
-    parser.add_argument("--data-dir")
+    parser.add_argument("--data-dir", help="where the card's data is, if not where it was trained from")
+    parser.add_argument("--cache-dir", help="a folder dataset's decoded pixels (default runs/cache)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--quiet", action="store_true")
@@ -301,16 +326,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    for path in args.checkpoint:
-        if args.sample_quality_only:
-            samples, dataset = samples_of(path, args.samples, args.device, args.quiet)
-            classifier, _ = load_checkpoint(args.classifier, args.device)
-            metrics = sample_quality(samples, classifier, args.classifier.name, dataset, args.data_dir, args.limit)
-            print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
-            continue
+    try:
+        for path in args.checkpoint:
+            evaluate_one(path, args)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def evaluate_one(path: Path, args: argparse.Namespace) -> None:
+    """One checkpoint of the command line: its figures into its card and printed, or with
+    --sample-quality-only printed only."""
+    if args.sample_quality_only:
+        samples, card = samples_of(path, args.samples, args.device, args.quiet)
+        classifier, _ = load_checkpoint(args.classifier, args.device)
+        metrics = sample_quality(samples, classifier, args.classifier.name, card, args.data_dir, args.limit,
+                                 args.cache_dir)
+    else:
         metrics = evaluate(path, args.classifier, args.samples, args.limit, args.device, args.quiet, args.data_dir,
-                           args.keep_likelihood)
-        print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
+                           args.keep_likelihood, args.cache_dir)
+    print(json.dumps({"checkpoint": str(path), **metrics}), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,22 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return out.to(a.dtype)
 
 
+def resolution_stages(height: int, width: int) -> int:
+    """How many times a convolutional decoder doubles its map to reach height x width (and an
+    encoder halves it): halve while both sides stay even and at least 4, so 28 starts from 7x7 in
+    two stages, 32 from 4x4 in three, 64 from 4x4 in four: one more stage per doubling."""
+    stages = 0
+    while height % 2 == 0 and width % 2 == 0 and min(height, width) // 2 >= 4:
+        height, width, stages = height // 2, width // 2, stages + 1
+    return stages
+
+
+def check_resolution(family: str, image_shape: tuple[int, int, int]) -> None:
+    _, height, width = image_shape
+    if height % 4 or width % 4 or resolution_stages(height, width) < 2:
+        raise ValueError(f"{family} image height and width must be multiples of 4, at least 16")
+
+
 class LatentModel(Family):
     """What the VAE and the DCGAN share: a prior over z (N(0, I) unless a subclass fits one) and a
     decoder from z to images.

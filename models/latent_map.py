@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_checkpoint, update_card
-from models.data import load_dataset, to_float
+from models.data import dataset_of_card, to_float
 
 DEFAULT_IMAGES = 1000
 DECIMALS = 3  # the card stays small: 1,000 points are about 25 KB
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         model, card = load_checkpoint(folder)
         if "encoder" not in model.capabilities:
             raise SystemExit(f"{folder}: a {card['family']} has no encoder to map")
-        test = load_dataset(card.get("dataset", "fashion-mnist"), "test", args.data_dir, limit=args.images)
+        test = dataset_of_card(card, "test", args.data_dir, limit=args.images)
         result = latent_map(model.eval(), test.images, test.labels)
         update_card(folder, latent_map=result)
         print(f"{folder}: {result['images']} test images, explained variance {result['explained_variance']}")

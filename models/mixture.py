@@ -65,7 +65,8 @@ class GaussianMixture(nn.Module):
         x = codes.detach().double().cpu()
         n, dim = x.shape
         k = len(self.means)
-        means = x[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]].clone()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        means = x[order.repeat(math.ceil(k / n))[:k]].clone()  # fewer codes than components: some start twice
         covs = torch.cov(x.T).expand(k, dim, dim).clone()
         log_weights = torch.full((k,), -math.log(k), dtype=x.dtype)
         eye = ridge * torch.eye(dim, dtype=x.dtype)

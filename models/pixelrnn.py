@@ -6,7 +6,8 @@ its state-to-state part is a width-3 convolution over the previous row's hidden 
 pixel's state sees a triangle of rows above it, and the first layer's 7x7 type-A mask brings in
 the pixels to its left. Layers are joined by residual connections; the head is the PixelCNN's
 256-way softmax per sub-pixel, and a class, if any, biases every gate as in the conditional
-PixelCNN.
+PixelCNN. In colour, the connections that read the current pixel carry the paper's colour masks
+(`models.layers`): R from the context, G from it and R, B from both.
 
 Unlike the PixelCNN, training is sequential too: the recurrence visits the rows one after another.
 The incremental sampler keeps each layer's row state, so a pixel costs one column of every layer
@@ -15,24 +16,29 @@ instead of a pass over the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
+from models.card import MAX_CLASSES
+from models.layers import (MaskedConv2d, check_colour_widths, colour_conv, colour_groups, colour_mask, colour_slices,
+                           tap_mask)
 
 
 @dataclass
 class PixelRNNConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)
-    channels: int = 64  # the LSTM's hidden and cell state, and the residual stream
-    n_layers: int = 4
-    first_kernel: int = 7  # the type-A masked convolution in front of the LSTMs
-    head_channels: int = 256
-    n_classes: int = 0  # > 0: class-conditional
-    levels: int = 256
+    # the LSTM's hidden and cell state, and the residual stream
+    channels: int = field(default=64, metadata={"bounds": (1, 1024)})
+    n_layers: int = field(default=4, metadata={"bounds": (1, 64)})
+    # the type-A masked convolution in front of the LSTMs
+    first_kernel: int = field(default=7, metadata={"bounds": (3, 15)})
+    head_channels: int = field(default=256, metadata={"bounds": (1, 4096)})
+    n_classes: int = field(default=0, metadata={"bounds": (0, MAX_CLASSES)})  # > 0: class-conditional
+    levels: int = field(default=256, metadata={"bounds": (2, 256)})
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)  # JSON gives a list back
@@ -43,12 +49,14 @@ class PixelRNNConfig:
 class RowLSTM(nn.Module):
     """One Row LSTM layer over a [B, C, H, W] map, with a residual 1x1 projection of its output."""
 
-    def __init__(self, channels: int, n_classes: int):
+    def __init__(self, channels: int, n_classes: int, colours: int = 1):
         super().__init__()
-        # Kernel (1, 2) over a row padded by one on the left: the pixel and its left neighbour.
-        self.input_to_state = nn.Conv2d(channels, 4 * channels, (1, 2))
+        # Kernel (1, 2) over a row padded by one on the left: the pixel (its tap masked by colour)
+        # and its left neighbour.
+        self.input_to_state = colour_conv(channels, 4 * channels, (1, 2), colours, out_chunks=4)
+        # The row above holds only earlier sub-pixels: no colour mask.
         self.state_to_state = nn.Conv1d(channels, 4 * channels, 3, padding=1, bias=False)
-        self.out = nn.Conv2d(channels, channels, 1)
+        self.out = colour_conv(channels, channels, (1, 1), colours)
         self.class_bias = nn.Embedding(n_classes, 4 * channels) if n_classes else None
 
     def input_gates(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -82,23 +90,22 @@ class PixelRNN(AutoregressiveModel):
 
     def __init__(self, config: PixelRNNConfig):
         super().__init__()
+        c_img, k, c = config.image_shape[0], config.first_kernel, config.channels
+        check_colour_widths(c_img, channels=c, head_channels=config.head_channels)
         self.config = config
-        c_img, k = config.image_shape[0], config.first_kernel
-        self.first = nn.Conv2d(c_img, config.channels, k, padding=k // 2)
-        mask = torch.ones(k, k)
-        mask[k // 2, k // 2:] = 0  # type A: the pixel itself and those right of it ...
-        mask[k // 2 + 1:] = 0  # ... and every row below
-        self.register_buffer("first_mask", mask, persistent=False)
-        self.layers = nn.ModuleList(RowLSTM(config.channels, config.n_classes) for _ in range(config.n_layers))
-        self.head = softmax_head(config.channels, config.head_channels, c_img, config.levels)
-
-    def _first_weight(self) -> torch.Tensor:
-        return self.first.weight * self.first_mask
+        # Type A: of the pixel itself only the colours before each group's own (none in grayscale) ...
+        centre = colour_mask(colour_groups(c, c_img), colour_groups(c_img, c_img), own=False)
+        mask = tap_mask((c, c_img, k, k), k // 2, k // 2, centre)
+        mask[:, :, k // 2, k // 2 + 1:] = 0  # ... none of the pixels right of it ...
+        mask[:, :, k // 2 + 1:] = 0  # ... and no row below
+        self.first = MaskedConv2d(c_img, c, k, padding=k // 2, mask=mask)
+        self.layers = nn.ModuleList(RowLSTM(c, config.n_classes, c_img) for _ in range(config.n_layers))
+        self.head = softmax_head(c, config.head_channels, c_img, config.levels)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x: float [B, C, H, W] in [0, 1] -> logits [B, C, levels, H, W] of p(x_i | x_<i)."""
         self._check_cond(cond)
-        h = F.conv2d(x * 2 - 1, self._first_weight(), self.first.bias, padding=self.config.first_kernel // 2)
+        h = self.first(x * 2 - 1)
         for layer in self.layers:
             h = layer(h, cond)
         return self._logits(h)
@@ -116,6 +123,10 @@ class _RowLSTMStepper:
     LSTM cell on that column alone. tanh(g) is 2 sigmoid(2g) - 1, so one sigmoid covers all four
     gates (the g-quarter of the pre-activations is kept doubled); columns of ones carry biases.
     A row's states feed the next row, so every pixel is stepped, known ones too (`every_pixel`).
+
+    In colour a pixel takes one step per colour, as in the PixelCNN's stepper: step c reruns the
+    column, whose groups of colours <= c are then final, and pushes only group c of each layer's
+    input; the cell reads the last row's state, so rerunning it overwrites, never accumulates.
     """
 
     every_pixel = True
@@ -130,19 +141,24 @@ class _RowLSTMStepper:
         double_g = torch.ones(4 * c, **new)
         double_g[3 * c:] = 2  # the tanh quarter, for tanh(g) = 2 sigmoid(2g) - 1
         self.double_g = double_g
-        first_weight = model._first_weight()
+        groups = colour_slices(c, c_img)  # the channels of each colour
+        first_weight = model.first.masked_weight
         self.above = RowConv(first_weight[:, :, :half], model.first.bias)  # the rows above the pixel
         # The image, channels last, padded as the first convolution pads it, rows offset by half.
         self.image = torch.zeros(batch, height + half, width + 2 * half, c_img, **new)
         self.first_acc = torch.zeros(batch, (width + half) * c, **new)
         self.first_in = [self.first_acc[:, j * c:(j + 1) * c] for j in range(width)]
-        self.first_spill = [self.first_acc[:, (j + 1) * c:(j + half + 1) * c] for j in range(width)]
-        # Pixel (i, q) reaches column q + t of its row through tap half - t, t = 1..half.
-        push = torch.cat([first_weight[:, :, half, half - t].t() for t in range(1, half + 1)], dim=1)
-        self.first_push = PixelPush(push, config.levels, batch)
+        self.first_in_colours = [[x[:, group] for group in groups] for x in self.first_in]
+        # Pixel (i, q) reaches column q + t of its row through tap half - t: t = 1..half, and in
+        # colour also t = 0, the later colours of its own column.
+        reach = range(1 if c_img == 1 else 0, half + 1)
+        self.pushes_own_column = reach.start == 0
+        self.first_spill = [self.first_acc[:, (j + reach.start) * c:(j + half + 1) * c] for j in range(width)]
+        push = torch.cat([first_weight[:, :, half, half - t].t() for t in reach], dim=1)
+        self.first_push = PixelPush(push, config.levels)
         self.layers = []
         for layer in model.layers:
-            w_in = layer.input_to_state.weight[:, :, 0]  # [4c, c, 2]: tap 0 reads column j - 1, tap 1 column j
+            w_in = layer.input_to_state.masked_weight[:, :, 0]  # [4c, c, 2]: tap 0 reads column j - 1, tap 1 column j
             bias = layer.input_to_state.bias.expand(batch, 4 * c)
             if cond is not None:
                 bias = bias + layer.class_bias(cond)
@@ -153,15 +169,17 @@ class _RowLSTMStepper:
             padded[:, [0, -1], :c] = 0
             states = padded[:, 1:-1]
             cells = [torch.zeros(batch, width, c, **new) for _ in range(2)]  # c of this row and the last
+            push = torch.cat([(w_in[:, :, 1] * double_g[:, None]).t(), (w_in[:, :, 0] * double_g[:, None]).t()], 1)
+            x = torch.empty(batch, c, **new)
             entry = {
                 "recurrent": RowConv(layer.state_to_state.weight.unsqueeze(2), None),
                 "padded_h": padded[:, None, :, :c],  # [B, 1, W + 2, c]
                 "bias": (bias * double_g)[:, None, :],
-                "push": torch.cat([(w_in[:, :, 1] * double_g[:, None]).t(), (w_in[:, :, 0] * double_g[:, None]).t()], 1),
+                "push": [push[group] for group in groups],  # per colour of the input
                 "acc": acc, "states": states, "cells": cells,
-                "w_out": torch.cat([layer.out.weight[:, :, 0, 0].t(), layer.out.bias[None]]),
+                "w_out": torch.cat([layer.out.masked_weight[:, :, 0, 0].t(), layer.out.bias[None]]),
                 "sig": torch.empty(batch, 4 * c, **new), "tanh": torch.empty(batch, c, **new),
-                "x": torch.empty(batch, c, **new),
+                "x": x, "x_colours": [x[:, group] for group in groups],
                 "pre": [acc[:, j * 4 * c:(j + 1) * 4 * c] for j in range(width)],
                 "spill": [acc[:, j * 4 * c:(j + 2) * 4 * c] for j in range(width)],
                 "h_aug": list(states.unbind(1)),
@@ -170,7 +188,7 @@ class _RowLSTMStepper:
             sig = entry["sig"]
             entry["o"], entry["f"], entry["i"], entry["g"] = sig[:, :c], sig[:, c:2 * c], sig[:, 2 * c:3 * c], sig[:, 3 * c:]
             self.layers.append(entry)
-        self.head = HeadStep(model.head, batch)
+        self.head = HeadStep(model.head, batch, c_img)
 
     def start_row(self, i: int, images: torch.Tensor) -> None:
         half, width, c = self.half, self.width, self.c
@@ -194,10 +212,12 @@ class _RowLSTMStepper:
             entry["c"] = list(cells[0].unbind(1))
             entry["c_last"] = list(cells[1].unbind(1))
 
-    def step(self, j: int) -> torch.Tensor:
-        x = self.first_in[j]
+    def step(self, j: int, colour: int) -> torch.Tensor:
+        """The logits of sub-pixel (i, j, colour): every layer's cell at column j."""
+        x, x_colours = self.first_in[j], self.first_in_colours[j]
         for entry in self.layers:
-            entry["spill"][j].addmm_(x, entry["push"])
+            # This layer's input of this colour at column j, pushed to columns j and j + 1.
+            entry["spill"][j].addmm_(x_colours[colour], entry["push"][colour])
             torch.sigmoid(entry["pre"][j], out=entry["sig"])
             c = entry["c"][j]
             torch.mul(entry["f"], entry["c_last"][j], out=c)
@@ -205,9 +225,11 @@ class _RowLSTMStepper:
             torch.tanh(c, out=entry["tanh"])
             torch.mul(entry["o"], entry["tanh"], out=entry["h"][j])
             x = torch.addmm(x, entry["h_aug"][j], entry["w_out"], out=entry["x"])
-        return self.head(x)
+            x_colours = entry["x_colours"]
+        return self.head(x, colour)
 
-    def emit(self, j: int, level: torch.Tensor) -> None:
-        """Pixel (i, j) is final: through the masked first convolution it reaches j + 1 .. j + half."""
-        if j + 1 < self.width:
-            self.first_push.add_to(self.first_spill[j], level)
+    def emit(self, j: int, colour: int, level: torch.Tensor) -> None:
+        """Sub-pixel (i, j, colour) is final: through the masked first convolution it reaches
+        columns j + 1 .. j + half, and in colour the later colours' groups of column j."""
+        if self.pushes_own_column or j + 1 < self.width:
+            self.first_push.add_to(self.first_spill[j], colour, level)

@@ -17,18 +17,18 @@ import torch
 
 from models.checkpoint import load_checkpoint, read_card
 from models.families import FAMILIES
-from models.data import load_dataset, to_float
+from models.data import dataset_of_card, to_float
 from models.evaluate import DEFAULT_CLASSIFIER, features_of
 from models.grid import save_grid
 from models.latent import slerp
 
-COMPLETION_ROWS = 14
-ARITHMETIC = [("Ankle boot", "Sneaker", "Sandal"), ("Pullover", "T-shirt/top", "Dress")]
+# Class arithmetic A - B + C that reads as a sentence, per dataset; other data: consecutive classes.
+ARITHMETIC = {"fashion-mnist": [("Ankle boot", "Sneaker", "Sandal"), ("Pullover", "T-shirt/top", "Dress")]}
 
 
 def one_per_class(card: dict) -> torch.Tensor:
     """The first test image of each class, in class order."""
-    test = load_dataset(card["dataset"], "test")
+    test = dataset_of_card(card, "test")
     firsts = [int((test.labels == label).nonzero()[0]) for label in range(len(test.classes))]
     return to_float(test.images[firsts])
 
@@ -38,7 +38,6 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
     """Draw every servable model's pictures, by what its family can do."""
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
-    classifier, _ = load_checkpoint(classifier_path)
     for folder in sorted(p for p in weights.iterdir() if (p / "card.json").is_file()):
         family = FAMILIES.get(read_card(folder)["family"])
         if family is None or not family.capabilities:  # not a generator (the classifier)
@@ -52,7 +51,7 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
             # Completions: a test image per class, its top half, then completions whose class the
             # model infers from that half.
             known = torch.zeros_like(examples, dtype=torch.bool)
-            known[:, :, :COMPLETION_ROWS] = True
+            known[:, :, : examples.shape[2] // 2] = True
             rows = [examples, examples * known] + [model.complete(examples, known, torch.Generator().manual_seed(seed))
                                                    for seed in range(3)]
             save_grid(torch.cat(rows), out / f"{name}_completions.png", nrow=len(examples))
@@ -65,6 +64,8 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
             save_grid(torch.cat(rows), out / f"{name}_interpolation.png", nrow=10)
         latents = card.get("class_latents", {})
         if "arithmetic" in caps and latents:
+            # Judged by the classifier that made the class latents (evaluate records its folder).
+            classifier, _ = load_checkpoint(weights / card["classifier"] if "classifier" in card else classifier_path)
             report[name] = class_pictures(model, card, latents, classifier, out / name)
     (out / "showcase.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -78,8 +79,9 @@ def class_pictures(model, card: dict, latents: dict, classifier, stem: Path) -> 
     decoded = model.decode(torch.stack([means[c] for c in classes]))
     save_grid(decoded, stem.with_name(f"{stem.name}_class_means.png"), nrow=len(classes))
     _, probs = features_of(classifier, decoded)
+    triples = ARITHMETIC.get(card.get("dataset"), [tuple(classes[i:i + 3]) for i in (0, 3) if i + 3 <= len(classes)])
     rows = [model.decode(torch.stack([means[a], means[b], means[c], means[a] - means[b] + means[c]]))
-            for a, b, c in ARITHMETIC if {a, b, c} <= set(means)]
+            for a, b, c in triples if {a, b, c} <= set(means)]
     if rows:
         save_grid(torch.cat(rows), stem.with_name(f"{stem.name}_arithmetic.png"), nrow=4)
     return {"class_means_classified_as": {c: card["classes"][int(p.argmax())] for c, p in zip(classes, probs)}}

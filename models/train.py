@@ -3,6 +3,7 @@
     python -m models.train dcgan --out weights/dcgan
     python -m models.train pixelcnn --epochs 10 --set channels=32 --resume
     python -m models.train pixelcnn --epochs 12 --init-from weights/pixelcnn   # no state at hand
+    python -m models.train dcgan --dataset folder --data-dir my-images --image-size 32 --out weights/mine
     torchrun --nproc-per-node 4 -m models.train vae --out weights/vae     # data-parallel (DDP)
 
 Defaults come from `models/configs/<family>.json` (the settings that produced the shipped
@@ -27,8 +28,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from models.augment import parse_policy
 from models.checkpoint import build_model, load_checkpoint, resolve_device, save_checkpoint
-from models.data import load_dataset, to_float
+from models.data import DATASETS, FOLDER, DatasetError, load_dataset, to_float
 from models.families import FAMILIES
 from models.grid import save_grid
 from models.trainers import TRAINERS, extend_model
@@ -46,8 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", type=Path, help="JSON of defaults (default: models/configs/FAMILY.json)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override model config fields, e.g. channels=32 n_layers=5")
-    parser.add_argument("--dataset", default=None, choices=["fashion-mnist", "mnist"])
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
+                        help="folder: your own images in --data-dir, one subfolder per class (see README)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--image-size", type=int, help="folder: images are cropped and scaled to N x N")
+    parser.add_argument("--channels", type=int, choices=[1, 3],
+                        help="folder: 1 gray, 3 colour (default: 3 when any image has colour)")
+    parser.add_argument("--cache-dir", type=Path, help="folder: where its decoded pixels are kept (default runs/cache)")
     parser.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all")
@@ -61,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta1", type=float)
     parser.add_argument("--grad-clip", type=float)
     parser.add_argument("--ema", type=float, help="generator EMA decay (dcgan)")
+    parser.add_argument("--augment", metavar="POLICY",
+                        help="differentiable augmentation of what the discriminator sees, e.g. color,translation,cutout (dcgan)")
     parser.add_argument("--gan-loss", choices=["bce", "hinge"], help="the adversarial loss (dcgan)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="checkpoint folder (default weights/FAMILY)")
@@ -83,10 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     defaults = dict(dataset="fashion-mnist", epochs=1, batch_size=64, lr=1e-3, lr_decay=1.0, lr_schedule="exponential",
                     beta1=0.9,
-                    grad_clip=0.0, ema=0.999, gan_loss="bce", seed=0, save_minutes=10.0)
+                    grad_clip=0.0, ema=0.999, augment="", gan_loss="bce", seed=0, save_minutes=10.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    try:
+        parse_policy(args.augment)
+    except ValueError as e:
+        parser.error(f"--augment: {e}")
     args.config_overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -134,9 +147,22 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed + rank)
     is_main = rank == 0
 
-    train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit)
+    try:
+        train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit, image_size=args.image_size,
+                             channels=args.channels, cache_dir=args.cache_dir, quiet=args.quiet or not is_main)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
     model_config = {"image_shape": list(train.image_shape), **args.model_config}
-    if model_config.get("n_classes") == "dataset":
+    if not train.classes:
+        if model_config.get("n_classes") == "dataset":
+            can_do_without = getattr(FAMILIES[args.family].Config, "n_classes", None) == 0
+            raise SystemExit(f"error: {args.family} takes its classes from the data (n_classes: \"dataset\"), but "
+                             f"{args.data_dir} has no class subfolders; put the images in one folder per class"
+                             + (", or --set n_classes=0 for a model without classes" if can_do_without else ""))
+        if is_main:
+            print(json.dumps({"event": "unlabelled data", "message": f"{args.data_dir} has no class subfolders: "
+                              "no class-conditional sampling, class latents or class figures"}), flush=True)
+    elif model_config.get("n_classes") == "dataset":
         model_config["n_classes"] = len(train.classes)
     batches_per_epoch = len(train) // (args.batch_size * world)
     if batches_per_epoch == 0:
@@ -179,8 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(exported, args.out, {
             "name": args.name or args.out.name,
             "dataset": args.dataset,
+            **({"data_dir": args.data_dir} if args.dataset == FOLDER else {}),
             "classes": train.classes,
             "image_shape": list(train.image_shape),
+            "background": train.background,
             "training": {
                 "command": "python -m models.train " + shlex.join(sys.argv[1:] if argv is None else argv),
                 "epochs": round(progress["epoch"] + progress["batch"] / batches_per_epoch, 2),
@@ -243,11 +271,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps({"event": "epoch", "family": args.family, **progress["history"][-1],
                                   "step": progress["step"], "wall_time_s": round(progress["wall_time_s"])}),
                       flush=True)
-        save(final_of_epoch=True)
-        last_save = time.monotonic()
-    # Parts that gradients do not train (a VAE's mixture prior) are fitted once training is done.
+        # An epoch of a small folder takes seconds: save as often as --save-minutes asks, and at the end.
+        finished = done or progress["epoch"] >= args.epochs
+        if finished or time.monotonic() - last_save > args.save_minutes * 60:
+            save(final_of_epoch=True)
+            last_save = time.monotonic()
+    # Parts that gradients do not train (a VAE's mixture prior) are fitted once training is done,
+    # all epochs or a budget (--minutes, --max-steps) spent; a resumed run fits them again.
     # The trained module itself: a trainer's export() may do work of its own (a GAN's batchnorm).
-    if is_main and progress["epoch"] >= args.epochs:
+    if is_main and (done or progress["epoch"] >= args.epochs):
         fitted = model.fit_after_training(train.images, quiet=args.quiet)
         if fitted:
             print(json.dumps({"event": "fitted after training", "family": args.family, **fitted}), flush=True)

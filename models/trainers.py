@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.augment import augment, parse_policy
 from models.checkpoint import build_model
 from models.contract import Family
 
@@ -106,6 +107,7 @@ class GANTrainer:
         self.ema.load_state_dict(generator.state_dict())
         self.ema_decay = args.ema
         self.ema_updates = 0
+        self.augmentation = parse_policy(args.augment)
         self.latent_dim = model.config.latent_dim
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
@@ -114,7 +116,8 @@ class GANTrainer:
         z = torch.randn(b, self.latent_dim, generator=noise).to(x.device)
         fake = (self.generator(z) + 1) / 2
         # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
-        d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
+        d_real = self.discriminator(self.seen(x, noise))
+        d_fake = self.discriminator(self.seen(fake.detach(), noise))
         if self.hinge:
             loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         else:
@@ -124,7 +127,7 @@ class GANTrainer:
         loss_d.backward()
         self.opt_d.step()
         # Generator: raise the discriminator's score of the fakes (the non-saturating loss).
-        d_fake_for_g = self.discriminator(fake)
+        d_fake_for_g = self.discriminator(self.seen(fake, noise))
         if self.hinge:
             loss_g = -d_fake_for_g.mean()
         else:
@@ -141,6 +144,13 @@ class GANTrainer:
                 p_ema.lerp_(p, 1 - decay)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
+
+    def seen(self, images: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        """Images [0, 1] as the discriminator sees them: through `--augment`'s transforms, if any,
+        drawn afresh for every batch, real and fake alike."""
+        if not self.augmentation:
+            return images
+        return (augment(images * 2 - 1, self.augmentation, noise) + 1) / 2
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_g, self.opt_d]

@@ -15,30 +15,33 @@ weights/vae --set prior_components=50` fits one to a trained VAE.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.card import MAX_LATENT_DIM
 from models.data import to_float
-from models.latent import LatentModel
+from models.latent import LatentModel, check_resolution, resolution_stages
 from models.mixture import GaussianMixture
 
 
 @dataclass
 class VAEConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)
-    latent_dim: int = 32
-    width: int = 32  # channels of the first conv; doubled at each downsampling
-    hidden: int = 512
-    levels: int = 256
-    prior_components: int = 0  # 0: the prior of z is N(0, I); else a Gaussian mixture of this many
+    latent_dim: int = field(default=32, metadata={"bounds": (1, MAX_LATENT_DIM)})
+    # channels of the first conv; doubled at each downsampling
+    width: int = field(default=32, metadata={"bounds": (1, 1024)})
+    hidden: int = field(default=512, metadata={"bounds": (1, 8192)})
+    levels: int = field(default=256, metadata={"bounds": (2, 256)})
+    # 0: the prior of z is N(0, I); else a Gaussian mixture of this many, each holding a
+    # latent_dim x latent_dim covariance factor
+    prior_components: int = field(default=0, metadata={"bounds": (0, 256)})
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
-        if self.image_shape[1] % 4 or self.image_shape[2] % 4:
-            raise ValueError("VAE image height and width must be multiples of 4")
+        check_resolution("VAE", self.image_shape)
 
 
 def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
@@ -72,12 +75,17 @@ class VAE(LatentModel):
         super().__init__()
         self.config = config
         c, h, w = config.image_shape
-        w1, w2 = config.width, config.width * 2
-        self.feature_shape = (w2, h // 4, w // 4)
-        flat = w2 * (h // 4) * (w // 4)
+        # One down-sampling stage per doubling of the side (two at 28x28, three at 32x32), the width
+        # doubling at each: w, 2w, 4w ...
+        stages = resolution_stages(h, w)
+        widths = [config.width * 2 ** i for i in range(stages)]
+        self.feature_shape = (widths[-1], h >> stages, w >> stages)
+        flat = widths[-1] * (h >> stages) * (w >> stages)
+        down = []
+        for c_in, c_out in zip([c, *widths], widths):
+            down += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.SiLU()]
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, w1, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(w1, w2, 4, 2, 1), nn.SiLU(),
+            *down,
             nn.Flatten(),
             nn.Linear(flat, config.hidden), nn.SiLU(),
             nn.Linear(config.hidden, 2 * config.latent_dim),
@@ -86,10 +94,12 @@ class VAE(LatentModel):
             nn.Linear(config.latent_dim, config.hidden), nn.SiLU(),
             nn.Linear(config.hidden, flat), nn.SiLU(),
         )
+        up = []
+        for c_in, c_out in zip(widths[::-1], [*widths[-2::-1], widths[0]]):  # ... 2w -> w, then w -> w
+            up += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.SiLU()]
         self.decoder_conv = nn.Sequential(
-            nn.ConvTranspose2d(w2, w1, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(w1, w1, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(w1, 2 * c, 3, 1, 1),  # mean and log-scale per sub-pixel
+            *up,
+            nn.Conv2d(widths[0], 2 * c, 3, 1, 1),  # mean and log-scale per sub-pixel
         )
         self.prior = GaussianMixture(config.latent_dim, config.prior_components) if config.prior_components else None
 

@@ -1,14 +1,14 @@
 """Samples as Server-Sent Events (`Accept: text/event-stream` on POST .../samples).
 
-Both answers of a samples request run the same plan (`generate.plan_samples`). A model that
+Both answers of a samples request run the same plan (`plans.plan_samples`). A model that
 samples row by row ("stream" among its capabilities: PixelCNN, PixelRNN) runs the plan's job with
 an `on_row` hand-over: its sampler passes each finished row from the worker thread to the event
 loop, where it is sent as a `progress` event with the grid so far. So the stream costs what the
 plain answer costs and ends in the same pixels. A client that goes away cancels the stream
 (Starlette cancels the generator): a job still queued is withdrawn, and a running one stops after
-its current row. That job goes to `Worker.run` itself, not through `deps.infer`, whose disconnect
-watch would read the connection beside the streaming response's own. Other models answer one
-`done` event with the plain answer's PNG.
+its current row. That job is only started (`Plan.start`), not run with `Jobs.run`'s disconnect
+watch, which would read the connection beside the streaming response's own. Other models answer
+one `done` event with the plain answer's PNG.
 """
 
 from __future__ import annotations
@@ -20,23 +20,16 @@ import logging
 from typing import AsyncIterator
 
 import torch
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from app.imaging import grid_png
-from app.registry import ServedModel
-from app.routes.deps import IMAGE_RESPONSES, Plan, worker_of
-from app.worker import InferenceTimeout, QueueFull, Worker
+from app.routes.jobs import Jobs
+from app.routes.plans import ImagePlan
+from app.routes.responses import EVENT_STREAM
+from app.worker import InferenceTimeout, QueueFull
 
 log = logging.getLogger("genserve.events")
 
-EVENT_STREAM = "text/event-stream"
-SAMPLES_RESPONSES = {**IMAGE_RESPONSES, 200: {
-    **IMAGE_RESPONSES[200],
-    "description": "A PNG grid; with ?format=json the images one by one; with Accept: text/event-stream, "
-                   "Server-Sent Events: `progress` {row, rows, image} per row (row-by-row models), then `done` {image}",
-    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                EVENT_STREAM: {"schema": {"type": "string"}}}}}
 # Proxies (nginx) must pass each event on at once rather than buffer the stream.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -49,14 +42,14 @@ def _base64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
 
-async def sample_events(request: Request, model: ServedModel, plan: Plan, nrow: int | None) -> StreamingResponse:
+async def sample_events(jobs: Jobs, plan: ImagePlan) -> StreamingResponse:
     """The event stream of a samples request's plan (checked: nothing here is a 4xx)."""
     headers = {**STREAM_HEADERS, "X-Seed": str(plan.seed)}
-    if "stream" in model.capabilities:
-        events = _rows(worker_of(request), model, plan, nrow)
+    if "stream" in plan.model.capabilities:
+        events = _rows(jobs, plan)
     else:
-        images = await plan.run(request, model)
-        events = _single(grid_png(images, nrow))
+        images = await plan.run(jobs)
+        events = _single(grid_png(images, plan.nrow))
     return StreamingResponse(_reporting_errors(events), media_type=EVENT_STREAM, headers=headers)
 
 
@@ -64,7 +57,7 @@ async def _single(png: bytes) -> AsyncIterator[str]:
     yield event("done", {"image": _base64(png)})
 
 
-async def _rows(worker: Worker, model: ServedModel, plan: Plan, nrow: int | None) -> AsyncIterator[str]:
+async def _rows(jobs: Jobs, plan: ImagePlan) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     # The rows in order, then None once the job is done: the worker hands each row over with
     # call_soon_threadsafe before it settles the job, so the rows are queued before the None.
@@ -78,9 +71,9 @@ async def _rows(worker: Worker, model: ServedModel, plan: Plan, nrow: int | None
             loop.call_soon_threadsafe(finished.put_nowait, (row, images.to("cpu", torch.float32, copy=True)))
         return listening
 
-    job = asyncio.ensure_future(worker.run(model, plan.operation, *plan.inputs, **plan.params, on_row=on_row))
+    job = plan.start(jobs, on_row=on_row)
     job.add_done_callback(lambda _: finished.put_nowait(None))
-    rows = model.image_shape[1]
+    rows, nrow = plan.model.image_shape[1], plan.nrow
     try:
         while (item := await finished.get()) is not None:
             row, images = item

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from app.errors import CapabilityError
 from app.registry import ServedModel
-from app.routes.deps import ERROR_RESPONSES, RegistryDep, SettingsDep, served_model
+from app.routes.deps import RegistryDep, SettingsDep, served_model
+from app.routes.responses import ERROR_RESPONSES
 from app.schemas import LatentMap, ModelInfo, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

@@ -58,9 +58,31 @@ function restoreForm(form, params) {
 
 // -- Model picker ---------------------------------------------------------------------------------
 
+// How the families are spelled in prose; a family not named here shows as the API names it.
+const FAMILY_NAMES = { pixelcnn: "PixelCNN", pixelrnn: "PixelRNN", vae: "VAE", dcgan: "DCGAN" };
+
+function listed(words) {
+  return words.length > 1 ? `${words.slice(0, -1).join(", ")} and ${words.at(-1)}` : words.join("");
+}
+
+// The introduction's first sentence, from what is served: "PixelCNN and VAE models trained on
+// small grayscale and colour pictures (28×28 and 32×32)."
+function describeServed(models) {
+  const families = [...new Set(models.map((m) => FAMILY_NAMES[m.family] ?? m.family))];
+  const kindOf = (m) => (m.image_shape[0] > 1 ? "colour" : "grayscale");
+  const kinds = ["grayscale", "colour"].filter((kind) => models.some((m) => kindOf(m) === kind));
+  const bySize = [...models].sort((a, b) => a.image_shape[1] * a.image_shape[2] - b.image_shape[1] * b.image_shape[2]);
+  const sizes = [...new Set(bySize.map(({ image_shape: [, h, w] }) => `${w}×${h}`))];
+  return `${listed(families)} ${models.length > 1 ? "models" : "model"} trained on small ${listed(kinds)} `
+    + `pictures (${listed(sizes)}).`;
+}
+
 // Show, hide and bound the controls that depend on the model.
 function applyModel(model) {
   ctx.model = model;
+  // Images keep the model's proportions in CSS before they load (and the pad always).
+  const [, height, width] = model.image_shape;
+  document.documentElement.style.setProperty("--image-aspect", `${width} / ${height}`);
   const maxN = model.max_n ?? ctx.limits.max_n ?? 64;
   const has = (caps) => caps.split(" ").some((cap) => model.capabilities.includes(cap));
   const toggle = (el, on) => {
@@ -172,6 +194,7 @@ async function start() {
     list.textContent = "The service has no models loaded.";
     return;
   }
+  document.getElementById("served").textContent = describeServed(ctx.models);
 
   const params = new URLSearchParams(location.search);
   // A shared link names its model; otherwise the first that samples in one pass (not pixel by

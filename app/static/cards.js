@@ -69,7 +69,7 @@ export function modelCard(model) {
   input.setAttribute("aria-labelledby", `${id}-name`);
   input.setAttribute("aria-describedby", `${id}-about`);
   const [c, h, w] = model.image_shape;
-  const meta = [model.dataset, `${w}×${h}${c > 1 ? `×${c}` : ""}`,
+  const meta = [model.dataset, `${w}×${h} ${c > 1 ? "colour" : "grayscale"}`,
     model.latent_dim ? `${model.latent_dim}-d latent` : "autoregressive", size(model),
     model.checkpoint?.epochs ? `${model.checkpoint.epochs} epochs` : null].filter(Boolean).join(" · ");
   const { class_shares: shares, ...metrics } = model.metrics || {};

@@ -1,12 +1,25 @@
-// Draw or upload tab: a 28x28 pad (drawn with pointer events: mouse, touch or pen) whose PNG is
-// sent for reconstruction (VAE), completion of the occluded bottom (PixelCNN) and likelihood.
+// Draw or upload tab: a pad of the model's size (drawn with pointer events: mouse, touch or pen)
+// whose PNG is sent for reconstruction (VAE), completion of the occluded bottom (PixelCNN) and
+// likelihood. A grayscale model's pad is light on black (dark on white for a model whose training
+// images stand on white); a colour model's takes any ink and paper, the paper first its ground.
 
 import { ReadableError, call } from "./api.js";
 import { figure, pngImages } from "./ui.js";
 
-function setUpPad(canvas) {
+// The brush widths are pixels of a 28-pixel pad; a bigger pad gets proportionally wider strokes,
+// so that a stroke covers as much of the picture whatever the model's size.
+const BRUSH_REFERENCE_SIDE = 28;
+
+const luma = (r, g, b) => Math.round(0.299 * r + 0.587 * g + 0.114 * b);
+
+function setUpPad(canvas, colours) {
   const pad = canvas.getContext("2d", { willReadFrequently: true });
-  const clear = () => { pad.fillStyle = "#000"; pad.fillRect(0, 0, canvas.width, canvas.height); };
+  let inColour = false;
+  let ground = "#000000"; // what the model's training images stand on (its `background`)
+  const opposite = (colour) => (colour === "#000000" ? "#ffffff" : "#000000");
+  const ink = () => (inColour ? colours.ink.value : opposite(ground));
+  const paper = () => (inColour ? colours.paper.value : ground);
+  const clear = () => { pad.fillStyle = paper(); pad.fillRect(0, 0, canvas.width, canvas.height); };
   clear();
   let last = null;
 
@@ -17,9 +30,10 @@ function setUpPad(canvas) {
             (event.clientY - box.top) * (canvas.height / box.height)];
   };
   const stroke = (to) => {
-    pad.strokeStyle = "#fff";
+    pad.strokeStyle = ink();
     pad.lineCap = pad.lineJoin = "round";
-    pad.lineWidth = Number(document.getElementById("brush").value);
+    pad.lineWidth = Number(document.getElementById("brush").value)
+      * (Math.min(canvas.width, canvas.height) / BRUSH_REFERENCE_SIDE);
     pad.beginPath();
     pad.moveTo(...(last || to));
     pad.lineTo(...to);
@@ -36,20 +50,44 @@ function setUpPad(canvas) {
   canvas.addEventListener("pointermove", (event) => { if (last) stroke(at(event)); });
   for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { last = null; });
 
+  // `f(r, g, b)` -> [r, g, b] for every pixel, made opaque.
   const mapPixels = (f) => {
     const image = pad.getImageData(0, 0, canvas.width, canvas.height);
     const px = image.data;
     for (let i = 0; i < px.length; i += 4) {
-      px[i] = px[i + 1] = px[i + 2] = f(px[i], px[i + 1], px[i + 2]);
+      [px[i], px[i + 1], px[i + 2]] = f(px[i], px[i + 1], px[i + 2]);
       px[i + 3] = 255;
     }
     pad.putImageData(image, 0, 0);
   };
+  const toGray = () => mapPixels((r, g, b) => Array(3).fill(luma(r, g, b)));
 
   return {
     clear,
-    invert: () => mapPixels((r) => 255 - r),
-    // An upload is fitted into the square (on black), then made gray like the training images.
+    invert: () => mapPixels((r, g, b) => [255 - r, 255 - g, 255 - b]),
+    // Another model's shape: the drawing so far is scaled to its size, and made gray for a
+    // grayscale model, so that the pad shows what is sent. A model on another ground starts a
+    // fresh pad of that ground, the colour pickers set to it and its opposite.
+    fit([channels, height, width], background) {
+      inColour = channels > 1;
+      const newGround = background === "white" ? "#ffffff" : "#000000";
+      if (newGround !== ground) {
+        ground = newGround;
+        [colours.paper.value, colours.ink.value] = [ground, opposite(ground)];
+        [canvas.width, canvas.height] = [width, height];
+        clear();
+      }
+      if (canvas.width !== width || canvas.height !== height) {
+        const before = document.createElement("canvas");
+        [before.width, before.height] = [canvas.width, canvas.height];
+        before.getContext("2d").drawImage(canvas, 0, 0);
+        [canvas.width, canvas.height] = [width, height]; // which also empties the pad
+        pad.drawImage(before, 0, 0, width, height);
+      }
+      if (!inColour) toGray();
+    },
+    // An upload is fitted into the pad on the paper (its transparent parts show the paper); for a
+    // grayscale model it is then made gray like the training images, a colour model keeps it.
     async load(file) {
       let bitmap;
       try {
@@ -61,7 +99,7 @@ function setUpPad(canvas) {
       const w = bitmap.width * scale, h = bitmap.height * scale;
       clear();
       pad.drawImage(bitmap, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
-      mapPixels((r, g, b) => Math.round(0.299 * r + 0.587 * g + 0.114 * b));
+      if (!inColour) toGray();
     },
     png: () => canvas.toDataURL("image/png").split(",")[1],
   };
@@ -69,7 +107,10 @@ function setUpPad(canvas) {
 
 export function drawTab(panel, ctx, run) {
   const form = panel.querySelector("form");
-  const pad = setUpPad(panel.querySelector("#pad"));
+  const canvas = panel.querySelector("#pad");
+  const colours = panel.querySelector("#pad-colours");
+  const pad = setUpPad(canvas, { ink: panel.querySelector("#ink"), paper: panel.querySelector("#paper") });
+  const hint = panel.querySelector("#pad-hint");
   const keepRows = panel.querySelector("#keep-rows");
   const padWrap = panel.querySelector(".pad-wrap");
   const sections = {
@@ -128,7 +169,35 @@ export function drawTab(panel, ctx, run) {
   panel.querySelector("#do-reconstruct").addEventListener("click", () => run(actions.reconstruct));
   panel.querySelector("#do-likelihood").addEventListener("click", () => run(actions.likelihood));
 
-  const reset = () => Object.values(sections).forEach((section) => { section.hidden = true; });
+  // The pad, its labels and the rows that a completion may keep follow the model's image shape.
+  function followModel() {
+    const [channels, height, width] = ctx.model.image_shape;
+    const inColour = channels > 1;
+    pad.fit(ctx.model.image_shape, ctx.model.background);
+    const onWhite = ctx.model.background === "white";
+    canvas.setAttribute("aria-label", `Drawing pad, ${width} by ${height} pixels${inColour ? ", in colour" : ""}: `
+      + "draw with a mouse, finger or pen");
+    hint.textContent = inColour
+      ? `Any ink on any paper; Clear fills the pad with the paper. An upload keeps its colour, is scaled to fit `
+        + `${width}×${height} on the paper and can be drawn over.`
+      : `${onWhite ? "Dark strokes on white" : "Light strokes on black"}, like the training images. `
+        + `An upload is turned gray, scaled to fit ${width}×${height} `
+        + "and can be drawn over.";
+    colours.hidden = !inColour;
+    colours.querySelectorAll("input").forEach((input) => { input.disabled = !inColour; });
+    padWrap.style.setProperty("--rows", height);
+    if (Number(keepRows.max) !== height - 1) {
+      keepRows.max = height - 1;
+      keepRows.value = Math.floor(height / 2);
+      keepRows.dispatchEvent(new Event("input", { bubbles: true })); // its shown value and line follow
+    }
+  }
+
+  // A new model: earlier results no longer apply, and the pad takes its shape.
+  const reset = () => {
+    Object.values(sections).forEach((section) => { section.hidden = true; });
+    followModel();
+  };
 
   return { form, run: actions.complete, reset };
 }

@@ -1,24 +1,30 @@
-"""Helpers for the service tests: an app in process, PNG grids, metrics."""
+"""Helpers for the service tests: an app in process, a worker held or made slow, PNG grids, metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import math
 import socket
 import struct
+import threading
 import time
 from contextlib import asynccontextmanager
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from torch import nn
 
 from app.config import Settings
 from app.main import create_app
-from app.registry import servable
+from app.operations import Operation
+from app.registry import ServedModel
+from app.worker import Worker
 from models.checkpoint import read_card
 
 PAD = 2
@@ -48,10 +54,31 @@ async def until_async(condition, what: str, deadline_s: float = DEADLINE_S) -> N
 THREADS = 1
 
 
+class SlowWorker(Worker):
+    """The worker with a fault: every forward pass first waits `pass_delay_s` more, as for a model
+    slower than this machine runs it, so that no test of timeouts or full queues hangs on how fast
+    this machine is. Real servers get it from tests/app/slow_server.py."""
+
+    def __init__(self, *args, pass_delay_s: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pass_delay_s = pass_delay_s
+
+    def _forward(self, batch):
+        time.sleep(self.pass_delay_s)
+        return super()._forward(batch)
+
+
+# `python -m` this to start a real server of SlowWorkers (bench.process.running_server's `command`),
+# the delay in its setting `test_pass_delay_s`.
+SLOW_SERVER = ("tests.app.slow_server",)
+
+
 @asynccontextmanager
-async def serving(weights_dir, **settings):
-    """An httpx client of a fresh app (lifespan run: models loaded, worker started)."""
-    app = create_app(Settings(weights_dir=weights_dir, threads=THREADS, **settings))
+async def serving(weights_dir, pass_delay_s: float = 0, **settings):
+    """An httpx client of a fresh app (lifespan run: models loaded, worker started); with
+    `pass_delay_s`, its worker a SlowWorker."""
+    worker = functools.partial(SlowWorker, pass_delay_s=pass_delay_s) if pass_delay_s else Worker
+    app = create_app(Settings(weights_dir=weights_dir, threads=THREADS, **settings), worker)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:
@@ -59,10 +86,46 @@ async def serving(weights_dir, **settings):
             yield client
 
 
+class _Idle(nn.Module):
+    """The module of the held pass: nothing in it runs."""
+
+    channels_last = False  # what the worker asks of a module before its first pass
+
+
+HELD = ServedModel("held", _Idle(), {})  # the held pass's model, by this name in the metrics
+
+
+@asynccontextmanager
+async def held(client):
+    """While the block runs the worker is busy with a pass of the test's own (model "held") that
+    ends with the block, so that the requests sent meanwhile queue up and meet in the queue
+    whatever this machine's speed, as they do behind any long pass."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(module: nn.Module, token: torch.Tensor) -> torch.Tensor:  # in the worker thread
+        entered.set()
+        release.wait()
+        return token
+
+    worker = client.app.state.worker
+    gate = asyncio.ensure_future(worker.run(HELD, Operation("held", hold, batchable=False), torch.zeros(1)))
+
+    async def taken() -> bool:
+        return entered.is_set() or gate.done()
+    try:
+        await until_async(taken, "the worker to take the held pass")
+        assert entered.is_set(), f"the held pass never ran: {gate.exception()!r}"
+        yield
+    finally:
+        release.set()
+    await gate
+
+
 def served_names(weights_dir) -> list[str]:
-    """The sorted names of the checkpoint folders the service serves (the generators)."""
+    """The sorted names of the checkpoint folders the service should serve: every one but the
+    evaluation classifier's (read from the cards, not asked of the app)."""
     return sorted(folder.name for folder in weights_dir.iterdir()
-                  if (folder / "card.json").is_file() and servable(read_card(folder)["family"]))
+                  if (folder / "card.json").is_file() and read_card(folder)["family"] != "classifier")
 
 
 def png(content: bytes) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from apptest import THREADS, serving
+from apptest import SLOW_SERVER, THREADS, serving
 from bench.process import running_server
 
 
@@ -37,6 +37,6 @@ def patient_server(weights_dir, tmp_path_factory):
     """A server whose every forward pass takes a second longer, one request at a time, and which
     queues one request at most."""
     log = tmp_path_factory.mktemp("patient") / "server.log"
-    with running_server(weights_dir, log, threads=THREADS, fault_pass_delay_s=1, max_batch=1,
+    with running_server(weights_dir, log, SLOW_SERVER, threads=THREADS, test_pass_delay_s=1, max_batch=1,
                         queue_size=1) as running:
         yield running.url

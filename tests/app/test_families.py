@@ -76,3 +76,14 @@ async def test_a_registered_family_is_served_by_what_it_declares(tmp_path, regis
             refused = await client.post(f"/v1/models/linear/{path}", json=body)
             assert refused.status_code == 400 and "capabilities" in refused.json()["detail"]
 
+
+
+def test_a_family_that_bounds_nothing_still_gets_no_latent_beyond_the_api_cap(registered):
+    """A card may ask an undeclared field for up to 4096; the API's latent vectors stop at
+    MAX_LATENT_DIM, so a latent space beyond it is refused when the module is built."""
+    from models.card import MAX_LATENT_DIM
+    from models.checkpoint import CheckpointError, build_model
+
+    assert build_model("linear-decoder", {"latent_dim": MAX_LATENT_DIM}, "meta").latent_dim == MAX_LATENT_DIM
+    with pytest.raises(CheckpointError, match=f"latent_dim {MAX_LATENT_DIM + 1} is above {MAX_LATENT_DIM}"):
+        build_model("linear-decoder", {"latent_dim": MAX_LATENT_DIM + 1}, "meta")

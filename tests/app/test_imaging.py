@@ -46,12 +46,15 @@ def test_palette_png_is_expanded():
     assert np.abs(x[0, 0].numpy() * 255 - ramp()).max() <= 1
 
 
-def test_alpha_is_composited_over_black():
+def test_alpha_is_composited_over_the_models_background():
     rgba = np.zeros((28, 28, 4), np.uint8)
     rgba[..., :3] = 255
     rgba[:, :14, 3] = 255  # left half opaque white, right half transparent white
-    x = load_image(encoded(Image.fromarray(rgba)), GRAY, MiB)[0, 0]
+    x = load_image(encoded(Image.fromarray(rgba)), GRAY, MiB)[0, 0]  # black by default: Fashion-MNIST's
     assert x[:, :14].eq(1).all() and x[:, 14:].eq(0).all()
+    rgba[..., :3] = (200, 0, 0)  # opaque red on the left; the transparent right becomes the white ground
+    x = load_image(encoded(Image.fromarray(rgba)), (3, 28, 28), MiB, background="white")[0].mul(255).round()
+    assert x[0, :, :14].eq(200).all() and x[1:, :, :14].eq(0).all() and x[:, :, 14:].eq(255).all()
 
 
 def test_rgb_becomes_luma_and_gray_becomes_rgb():

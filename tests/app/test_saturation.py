@@ -1,6 +1,6 @@
 """Under load and in the corners of HTTP (issue 28): models take turns on the worker, saturation is
 reported, requests past the cap get the service's JSON 503, HEAD answers every GET route, and
-admin reloads coalesce. Each test makes its own load with the worker held, not with this
+admin reloads coalesce. Each test makes its own load with the worker `held`, not with this
 machine's speed."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from app.main import PROBES
-from apptest import DEADLINE_S, metric, serving, until_async
+from apptest import DEADLINE_S, held, metric, serving, until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -34,8 +34,8 @@ async def test_a_fast_model_waits_one_slow_pass_not_the_slow_queue(weights_dir):
         def noted(batch) -> None:  # the order the worker runs its passes in
             passes.append(batch[0].model.name)
             run_pass(batch)
-        worker._run = noted
-        with worker.held():
+        async with held(client):
+            worker._run = noted  # the held pass has begun: it is not noted
             requests = [client.post("/v1/models/pixelcnn/samples", json={"n": 1, "temperature": 0.5 + i / 10})
                         for i in range(4)] + [client.post("/v1/models/dcgan/samples", json={"n": 1})]
             tasks = []
@@ -49,7 +49,7 @@ async def test_a_fast_model_waits_one_slow_pass_not_the_slow_queue(weights_dir):
 async def test_readyz_names_a_model_whose_queue_waits_past_the_bound(weights_dir):
     async with serving(weights_dir, saturation_wait_s=0.001) as client:
         assert (await client.get("/readyz")).json()["saturated"] == {}
-        with client.app.state.worker.held():
+        async with held(client):
             request = asyncio.ensure_future(client.post("/v1/models/vae/samples", json={"n": 1}))
 
             async def reported() -> bool:
@@ -65,8 +65,8 @@ async def test_readyz_names_a_model_whose_queue_waits_past_the_bound(weights_dir
 
 async def test_requests_past_the_cap_get_json_503_and_probes_still_pass(weights_dir):
     async with serving(weights_dir, max_connections=2) as client:
-        with client.app.state.worker.held():
-            held = [asyncio.ensure_future(client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": s}))
+        async with held(client):
+            waiting = [asyncio.ensure_future(client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": s}))
                     for s in range(2)]
             await until_async(_queued(client, 2), "two requests in flight")
             refused = await client.get("/v1/models")
@@ -75,7 +75,7 @@ async def test_requests_past_the_cap_get_json_503_and_probes_still_pass(weights_
             assert refused.headers["x-content-type-options"] == "nosniff"
             for probe in PROBES:
                 assert (await client.get(probe)).status_code == 200
-        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert [r.status_code for r in await asyncio.gather(*waiting)] == [200, 200]
         assert (await client.get("/v1/models")).status_code == 200
 
 

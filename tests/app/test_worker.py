@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.metrics import Metrics
 from app.worker import Worker
-from apptest import b64png, max_diff, metric, serving, until_async
+from apptest import b64png, held, max_diff, metric, serving, until_async
 from models.checkpoint import build_model, read_card, save_checkpoint, write_card
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +25,7 @@ async def _metrics(client) -> str:
 
 
 async def _queued(client, *requests) -> list[asyncio.Task]:
-    """Start `requests` (coroutines) while the worker is held, and return once every one has been
+    """Start `requests` (coroutines) while the worker is `held`, and return once every one has been
     queued or answered: they then meet in the queue whatever this machine's speed (no race with
     the batch window)."""
     tasks = [asyncio.ensure_future(request) for request in requests]
@@ -44,13 +44,13 @@ async def test_merged_requests_match_requests_run_alone(weights_dir, name, n):
                  for s in seeds]
         assert metric(await _metrics(client), "genserve_batch_requests_count") == len(seeds)
     async with serving(weights_dir) as client:
-        with client.app.state.worker.held():  # they all wait in the queue, then merge
+        async with held(client):  # they all wait in the queue, then merge
             tasks = await _queued(client, *(client.post(f"/v1/models/{name}/samples?format=json",
                                                         json={"n": n, "seed": s}) for s in seeds))
         merged = await asyncio.gather(*tasks)
         text = await _metrics(client)
-        assert metric(text, "genserve_batch_requests_count") == 1  # one pass for all
-        assert metric(text, "genserve_batch_images_sum") == n * len(seeds)
+        assert metric(text, "genserve_batch_requests_count", model=name) == 1  # one pass for all
+        assert metric(text, "genserve_batch_images_sum", model=name) == n * len(seeds)
     for single, batched in zip(alone, merged):
         assert batched.json()["seed"] == single["seed"]
         for a, b in zip(single["images"], batched.json()["images"]):
@@ -115,19 +115,19 @@ def test_half_precision_is_for_cuda_only():
 
 async def test_max_batch_caps_a_merged_pass(weights_dir):
     async with serving(weights_dir, max_batch=4) as client:
-        with client.app.state.worker.held():
+        async with held(client):
             tasks = await _queued(client, *(client.post("/v1/models/dcgan/samples", json={"n": 3, "seed": s})
                                             for s in range(4)))
         responses = await asyncio.gather(*tasks)
         assert all(r.status_code == 200 for r in responses)
         text = await _metrics(client)
-        assert metric(text, "genserve_batch_images_count") == 4  # 3 + 3 > 4: every request ran alone
-        assert metric(text, "genserve_batch_images_bucket", le="4.0") == 4
+        assert metric(text, "genserve_batch_images_count", model="dcgan") == 4  # 3 + 3 > 4: each ran alone
+        assert metric(text, "genserve_batch_images_bucket", model="dcgan", le="4.0") == 4
 
 
 async def test_full_queue_is_503_with_retry_after(weights_dir):
     async with serving(weights_dir, queue_size=1, max_batch=1, batch_wait_ms=0) as client:
-        with client.app.state.worker.held():  # one waits in the queue, the rest are refused
+        async with held(client):  # one waits in the queue, the rest are refused
             tasks = await _queued(client, *(client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": s})
                                             for s in range(6)))
         responses = await asyncio.gather(*tasks)
@@ -143,9 +143,10 @@ async def test_full_queue_is_503_with_retry_after(weights_dir):
 
 
 async def test_timeout_is_504_and_the_job_never_runs(weights_dir):
-    # The worker is held; the request gives up after 50 ms.
-    async with serving(weights_dir, request_timeout_s=0.05) as client:
-        with client.app.state.worker.held():
+    # The worker is held; the request gives up after 50 ms (the held pass itself began with the default 60 s).
+    async with serving(weights_dir) as client:
+        async with held(client):
+            client.app.state.worker.timeout_s = 0.05
             response = await client.post("/v1/models/dcgan/samples", json={"n": 2})
             assert response.status_code == 504 and "longer than" in response.json()["detail"]
             text = await _metrics(client)  # it left the queue with its request, not when its turn came
@@ -153,12 +154,12 @@ async def test_timeout_is_504_and_the_job_never_runs(weights_dir):
             assert metric(text, "genserve_skipped_jobs_total") == 1
         client.app.state.worker.timeout_s = 60
         assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
-        assert metric(await _metrics(client), "genserve_batch_images_count") == 1
+        assert metric(await _metrics(client), "genserve_batch_images_count", model="dcgan") == 1
 
 
 async def test_a_request_given_up_by_its_client_is_skipped(weights_dir):
     async with serving(weights_dir) as client:
-        with client.app.state.worker.held():
+        async with held(client):
             [request] = await _queued(client, client.post("/v1/models/vae/samples", json={"n": 2}))
             request.cancel()  # in process, the client going away cancels the request's task
             with pytest.raises(asyncio.CancelledError):
@@ -168,7 +169,7 @@ async def test_a_request_given_up_by_its_client_is_skipped(weights_dir):
             await until_async(withdrawn, "its job to leave the queue")
         text = await _metrics(client)
         assert metric(text, "genserve_skipped_jobs_total") == 1
-        assert metric(text, "genserve_batch_images_count") == 0
+        assert metric(text, "genserve_batch_images_count", model="vae") == 0
         assert (await client.post("/v1/models/vae/samples", json={"n": 1})).status_code == 200
 
 

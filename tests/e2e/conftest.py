@@ -7,11 +7,13 @@ Playwright is imported lazily, so that a missing browser is one clear failure (`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +64,13 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
-    """`uvicorn app.main:app` as a subprocess, once for the session, ready when /readyz says so."""
+@contextlib.contextmanager
+def serve(weights: Path, log: Path) -> Iterator[Server]:
+    """`uvicorn app.main:app` on the checkpoints in `weights` as a subprocess, ready when /readyz
+    says so; stopped on leaving."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
-    env = {**os.environ, "GENSERVE_WEIGHTS_DIR": str(weights_dir())}
+    env = {**os.environ, "GENSERVE_WEIGHTS_DIR": str(weights)}
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -95,6 +97,13 @@ def server(tmp_path_factory) -> Server:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """The app on the test weights, once for the session."""
+    with serve(weights_dir(), tmp_path_factory.mktemp("server") / "uvicorn.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -82,9 +82,11 @@ def canvas_png(page) -> str:
 
 
 def draw_stroke(page, points: list[tuple[float, float]]) -> None:
-    """Drag the mouse through `points`, given in pad pixels (0..28)."""
-    box = page.locator("#pad").bounding_box()
-    at = [(box["x"] + x / 28 * box["width"], box["y"] + y / 28 * box["height"]) for x, y in points]
+    """Drag the mouse through `points`, given in pad pixels (0..28 for a 28x28 model)."""
+    pad = page.locator("#pad")
+    box = pad.bounding_box()
+    width, height = pad.evaluate("c => [c.width, c.height]")
+    at = [(box["x"] + x / width * box["width"], box["y"] + y / height * box["height"]) for x, y in points]
     page.mouse.move(*at[0])
     page.mouse.down()
     for point in at[1:]:

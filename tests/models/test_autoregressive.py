@@ -1,4 +1,5 @@
-"""The autoregressive families, PixelCNN and PixelRNN: each test runs on both (`small`)."""
+"""The autoregressive families, PixelCNN and PixelRNN: each test runs on both (`small`).
+Colour (the R -> G -> B masks) has more tests in test_colour_autoregressive.py."""
 
 import pytest
 import torch
@@ -26,16 +27,15 @@ def small(request):
     return request.param
 
 
-@pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])
-def test_outputs_are_causal_in_raster_order(small, image_shape):
+def test_outputs_are_causal_in_raster_order(small):
     """d logits(i) / d x(j) is exactly zero for every j at or after i, and nonzero for some j before."""
-    model = small(image_shape=image_shape)
-    c, h, w = image_shape
-    x = torch.rand(1, c, h, w, dtype=torch.double, requires_grad=True)
+    model = small()
+    h, w = 12, 12
+    x = torch.rand(1, 1, h, w, dtype=torch.double, requires_grad=True)
     logits = model(x)
     for i, j in [(0, 0), (0, 5), (4, 0), (5, 6), (h - 1, w - 1)]:
         (grad,) = torch.autograd.grad(logits[0, :, :, i, j].sum(), x, retain_graph=True)
-        per_pixel = grad[0].abs().sum(0).flatten()  # over channels: a pixel's channels are independent
+        per_pixel = grad[0, 0].abs().flatten()
         position = i * w + j
         assert per_pixel[position:].max() == 0, f"pixel {(i, j)} sees itself or the future"
         if position > 0:
@@ -197,12 +197,14 @@ def test_the_row_lstm_sees_a_triangle_above_each_pixel():
 
 
 @pytest.mark.parametrize("n_classes", [0, 3])
+@pytest.mark.parametrize("colours", [1, 3], ids=["gray", "colour"])
 @torch.no_grad()
-def test_the_stepper_computes_the_networks_logits_pixel_by_pixel(small, n_classes):
-    """The incremental network, stepped through a given image, gives at each pixel the logits of
-    the whole network run on that image: it computes the same function, not an approximation."""
-    model = small(n_classes=n_classes, image_shape=(2, 6, 7))
-    x = (torch.rand(2, 2, 6, 7, dtype=torch.double) * 255).round() / 255
+def test_the_stepper_computes_the_networks_logits_pixel_by_pixel(small, n_classes, colours):
+    """The incremental network, stepped through a given image (in colour: R, G, B in turn), gives
+    at each sub-pixel the logits of the whole network run on that image: it computes the same
+    function, not an approximation."""
+    model = small(n_classes=n_classes, image_shape=(colours, 6, 7))
+    x = (torch.rand(2, colours, 6, 7, dtype=torch.double) * 255).round() / 255
     cond = torch.tensor([0, 2]) if n_classes else None
     expected = model(x, cond)  # [B, C, levels, H, W]
     levels = (x * 255).round().long()
@@ -210,6 +212,6 @@ def test_the_stepper_computes_the_networks_logits_pixel_by_pixel(small, n_classe
     for i in range(6):
         stepper.start_row(i, x)
         for j in range(7):
-            logits = stepper.step(j).view(2, 2, 256)
-            torch.testing.assert_close(logits, expected[..., i, j], rtol=0, atol=1e-10)
-            stepper.emit(j, levels[:, :, i, j].reshape(-1, 1))
+            for colour in range(colours):
+                torch.testing.assert_close(stepper.step(j, colour), expected[:, colour, :, i, j], rtol=0, atol=1e-10)
+                stepper.emit(j, colour, levels[:, colour, i, j, None])

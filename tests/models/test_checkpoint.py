@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -5,8 +6,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint, sha256_file, update_card
+from models.card import UNDECLARED_BOUNDS, CardError, check_config
+from models.checkpoint import (CheckpointError, build_model, load_checkpoint, read_card, save_checkpoint, sha256_file,
+                               update_card)
 from models.dcgan import DCGAN, DCGANConfig
+from models.families import FAMILIES
 from models.pixelcnn import PixelCNN, PixelCNNConfig
 from models.vae import VAE, VAEConfig
 
@@ -147,3 +151,32 @@ def test_migration_moves_a_first_format_checkpoint_and_keeps_its_tensors_and_car
     loaded, loaded_card = load_checkpoint(path)
     assert loaded_card["metrics"] == {"kept": 1} and loaded_card["config"] == card["config"]
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in tensors.items())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_card_is_held_to_the_bounds_its_family_declares(name):
+    """Each numeric config field declares its bounds in the dataclass's metadata; a card's config is
+    allowed the bounds themselves and refused one past either, naming the field."""
+    config_class = FAMILIES[name].Config
+    defaults = dataclasses.asdict(config_class())
+    numeric = [f for f in dataclasses.fields(config_class)
+               if f.name != "image_shape" and type(f.default) in (int, float)]
+    assert numeric and all("bounds" in f.metadata for f in numeric)
+    for field in numeric:
+        low, high = field.metadata["bounds"]
+        for allowed in (low, high):
+            check_config(name, config_class, {field.name: allowed})
+        for refused in (low - 1, high + 1):
+            with pytest.raises(CheckpointError, match=f"{field.name}={refused} is outside \\[{low}, {high}\\]"):
+                build_model(name, {**defaults, field.name: refused}, "meta")
+
+
+def test_a_numeric_config_field_without_declared_bounds_is_still_capped():
+    @dataclasses.dataclass
+    class Undeclared:
+        width: int = 8
+
+    high = UNDECLARED_BOUNDS[1]
+    check_config("undeclared", Undeclared, {"width": high})
+    with pytest.raises(CardError, match=f"width={high + 1} is outside"):
+        check_config("undeclared", Undeclared, {"width": high + 1})

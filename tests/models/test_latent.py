@@ -1,5 +1,8 @@
 """Projection (models.latent's projection steps) and the latent map (models.latent_map), on small models."""
 
+import math
+
+import pytest
 import torch
 from torch import nn
 
@@ -70,3 +73,16 @@ def test_latent_map_is_the_pca_plane_of_the_encoder_means():
     assert abs(x - result["points"][0][0]) < 2e-3 and abs(y - result["points"][0][1]) < 2e-3
     assert result == latent_map(model, images, labels), "the same picture every time"
     assert sum(result["explained_variance"]) <= 1.0001
+
+
+def test_a_mixture_prior_fits_fewer_codes_than_it_has_components():
+    """A small folder may hold fewer training images than the prior has components: EM starts
+    some components on the same code, and the fit is still a proper density over the codes."""
+    from models.mixture import GaussianMixture
+
+    codes = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    prior = GaussianMixture(dim=3, components=10)
+    mean_log_p = prior.fit(codes, iterations=20, quiet=True)
+    assert math.isfinite(mean_log_p)
+    assert prior.log_weights.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.isfinite(prior.log_prob(codes)).all()

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from models import baselines, evaluate, train
-from models.checkpoint import CheckpointError, load_checkpoint, read_card
+from models.checkpoint import CheckpointError, build_model, load_checkpoint, read_card
 from models.data import load_dataset, to_float
 
 TINY = {
@@ -107,6 +107,17 @@ def test_init_from_refuses_a_config_that_changes_trained_weights(tmp_path):
         train.main(["vae", "--limit", "512", "--batch-size", "32", "--out", str(tmp_path / "x"), "--quiet",
                     "--state-dir", str(tmp_path / "runs" / "x"), "--init-from", str(first), "--epochs", "2",
                     "--set", "latent_dim=3"])
+
+
+def test_a_run_ended_by_its_budget_still_fits_the_mixture_prior(tmp_path):
+    """--max-steps (or --minutes) ends the run before its epochs: the prior is fitted all the same,
+    not shipped as initialised."""
+    out = run("vae", tmp_path, "--epochs", "5", "--max-steps", "3", "--set", "prior_components=3")
+    model, card = load_checkpoint(out)
+    assert card["training"]["steps"] == 3
+    fresh = build_model("vae", card["config"])
+    assert not torch.equal(model.prior.means, fresh.prior.means)
+    assert model.prior.log_weights.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_a_mixture_prior_is_fitted_to_a_trained_vae_after_training(tmp_path):

@@ -54,11 +54,27 @@ def test_dcgan_shapes_and_ranges(image_shape):
     assert model.discriminator(images).shape == (2,)
 
 
+@pytest.mark.parametrize("side, stages", [(28, 2), (32, 3), (64, 4)])
+def test_one_more_resolution_stage_per_doubling(side, stages):
+    """28x28 keeps the shipped layout (7x7 in two stages); 32 and 64 start from 4x4, not from a
+    large first map that a dense projection would have to fill."""
+    dcgan = DCGAN(DCGANConfig(image_shape=(3, side, side), generator_width=4, discriminator_width=4))
+    vae = VAE(VAEConfig(image_shape=(3, side, side), width=4, hidden=8, latent_dim=2))
+    upsamplers = [m for m in dcgan.generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(upsamplers) == stages + 1  # the projection to the first map, then one per stage
+    assert upsamplers[0].kernel_size == (side >> stages,) * 2
+    halvings = [m for m in dcgan.discriminator.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(halvings) == stages
+    assert vae.feature_shape == (4 * 2 ** (stages - 1), side >> stages, side >> stages)
+
+
 def test_sizes_that_are_not_multiples_of_4_are_refused():
     with pytest.raises(ValueError, match="multiples of 4"):
         DCGANConfig(image_shape=(1, 30, 28))
     with pytest.raises(ValueError, match="multiples of 4"):
         VAEConfig(image_shape=(1, 28, 30))
+    with pytest.raises(ValueError, match="at least 16"):
+        DCGANConfig(image_shape=(1, 12, 12))
 
 
 def test_classifier_features_and_logits():

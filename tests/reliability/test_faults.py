@@ -30,7 +30,7 @@ async def _reach(client, name: str, value: float, timeout_s: float = 120, **labe
         await asyncio.sleep(0.05)
 
 
-# A forward pass made slow on purpose (GENSERVE_FAULT_PASS_DELAY_S), so that no test depends on how
+# A forward pass made slow on purpose (apptest.SlowWorker), so that no test depends on how
 # fast this machine runs a model: the pass takes PASS_DELAY_S more than it would, the timeout is far less.
 PASS_DELAY_S, TIMEOUT_S = 3.0, 0.5
 
@@ -38,7 +38,7 @@ PASS_DELAY_S, TIMEOUT_S = 3.0, 0.5
 @pytest.mark.anyio
 async def test_an_inference_past_the_timeout_is_answered_504_while_the_pass_runs_on(weights_dir):
     async with serving(weights_dir, request_timeout_s=TIMEOUT_S, batch_wait_ms=0,
-                       fault_pass_delay_s=PASS_DELAY_S) as client:
+                       pass_delay_s=PASS_DELAY_S) as client:
         response = await client.post("/v1/models/dcgan/samples", json={"n": 4, "seed": 1})
         assert response.status_code == 504 and "longer than 0.5 s" in response.json()["detail"]
         # Answered at the timeout, not when the pass ends: the pass has not ended yet.
@@ -54,7 +54,7 @@ async def test_an_inference_past_the_timeout_is_answered_504_while_the_pass_runs
 @pytest.mark.anyio
 async def test_a_request_that_times_out_in_the_queue_frees_its_slot_at_once(weights_dir):
     async with serving(weights_dir, queue_size=1, request_timeout_s=TIMEOUT_S, batch_wait_ms=0,
-                       fault_pass_delay_s=PASS_DELAY_S) as client:
+                       pass_delay_s=PASS_DELAY_S) as client:
         busy = asyncio.create_task(client.post("/v1/models/vae/samples", json={"n": 1, "seed": 1}))
         await _reach(client, "genserve_batch_images_count", 1, model="vae")  # its pass has begun
         queued = await client.post("/v1/models/dcgan/samples", json={"n": 1})  # waits behind it

@@ -9,9 +9,10 @@ import asyncio
 import pytest
 
 from bench.reliability import OVERLOAD_SETTINGS, healthy, overload
+from tests.app.apptest import SLOW_SERVER
 
 REQUESTS, CONCURRENCY = 600, 128
-# Every pass at least this slow (GENSERVE_FAULT_PASS_DELAY_S), so that the queue overflows however
+# Every pass at least this slow (a server of apptest.SlowWorker), so that the queue overflows however
 # fast the machine runs DCGAN and VAE: 128 clients send far more than 8 queued requests per pass.
 PASS_DELAY_S = 0.05
 
@@ -19,7 +20,7 @@ PASS_DELAY_S = 0.05
 @pytest.mark.slow
 def test_overload_is_answered_200_or_503_in_time(serve):
     timeout_s = OVERLOAD_SETTINGS["request_timeout_s"]
-    with serve(**OVERLOAD_SETTINGS, fault_pass_delay_s=PASS_DELAY_S) as server:
+    with serve(command=SLOW_SERVER, test_pass_delay_s=PASS_DELAY_S, **OVERLOAD_SETTINGS) as server:
         load = asyncio.run(overload(server.url, REQUESTS, CONCURRENCY, timeout_s=timeout_s + 5, deadline_s=150))
         assert not load.errors  # no client timeouts, no connection failures
         assert sum(load.statuses.values()) == REQUESTS
