@@ -170,7 +170,7 @@ class Worker:
         with self._changed:
             if self._stopping or len(self._pending) >= self.queue_size:
                 self.metrics.rejected.labels("stopping" if self._stopping else "queue_full").inc()
-                raise QueueFull("the inference queue is full")
+                raise QueueFull("the service is stopping" if self._stopping else "the inference queue is full")
             self._pending.append(job)
             self._changed.notify()
         try:

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.metrics import Metrics
 from app.worker import Worker
-from apptest import b64png, held, max_diff, metric, serving, until_async
+from apptest import b64png, encode_png, held, max_diff, metric, serving, until_async
 from models.checkpoint import build_model, read_card, save_checkpoint, write_card
 
 pytestmark = pytest.mark.anyio
@@ -281,3 +282,51 @@ async def test_an_admin_reload_serves_the_new_weights(weights_dir, tmp_path):
             expected = (model.decode(torch.tensor(after.json()["latents"])) * 255).round().clamp(0, 255)
         for image, pixels in zip(after.json()["images"], expected.to(torch.uint8).numpy()):
             assert max_diff(b64png(image), pixels[0]) <= 1
+
+
+async def test_stopping_refuses_what_still_waits_and_lets_the_pass_under_way_finish(weights_dir):
+    async with serving(weights_dir) as client:
+        worker = client.app.state.worker
+        async with held(client):
+            tasks = await _queued(client, *(client.post("/v1/models/dcgan/samples", json={"n": 1, "seed": s})
+                                            for s in range(3)))
+            # stop() joins the worker thread, which the held pass keeps busy: off the event loop.
+            stopping = asyncio.get_running_loop().run_in_executor(None, worker.stop)
+            responses = await asyncio.gather(*tasks)  # refused while the held pass still runs
+            assert not stopping.done()
+        await stopping
+        assert [r.status_code for r in responses] == [503] * 3
+        assert all("stopping" in r.json()["detail"] for r in responses)
+        late = await client.post("/v1/models/dcgan/samples", json={"n": 1})
+        assert late.status_code == 503 and "stopping" in late.json()["detail"]
+        assert metric(await _metrics(client), "genserve_rejected_total", reason="stopping") == 1
+
+
+async def test_requests_queued_across_a_reload_are_answered_by_the_weights_they_came_for(weights_dir):
+    body = {"n": 2, "seed": 5}
+    async with serving(weights_dir, admin_token="t") as client:
+        before = (await client.post("/v1/models/vae/samples", json=body)).content
+        async with held(client):
+            tasks = await _queued(client, *(client.post("/v1/models/vae/samples", json=body) for _ in range(3)))
+            reloaded = await client.post("/v1/admin/reload", headers={"Authorization": "Bearer t"})
+            assert reloaded.status_code == 200, reloaded.text
+        responses = await asyncio.gather(*tasks)
+        assert [r.status_code for r in responses] == [200] * 3
+        assert all(r.content == before for r in responses)  # the same weights, reloaded: the same pixels
+        assert (await client.post("/v1/models/vae/samples", json=body)).content == before
+
+
+async def test_unbatched_operations_answer_alone_and_among_others_alike(weights_dir):
+    """The VAE's bound (one posterior draw, a fixed seed) and the DCGAN's projection run one
+    request per pass: queued together, each answers what it answers alone."""
+    image = {"image": encode_png((np.arange(28 * 28).reshape(28, 28) * 7 % 256).astype(np.uint8))}
+    async with serving(weights_dir) as client:
+        bound = (await client.post("/v1/models/vae/likelihood", json=image)).json()
+        projected = (await client.post("/v1/models/dcgan/reconstruct?format=json", json=image)).json()
+        async with held(client):
+            tasks = await _queued(client, *(client.post("/v1/models/vae/likelihood", json=image) for _ in range(3)),
+                                  *(client.post("/v1/models/dcgan/reconstruct?format=json", json=image)
+                                    for _ in range(2)))
+        answers = [r.json() for r in await asyncio.gather(*tasks)]
+    assert answers[:3] == [bound] * 3
+    assert answers[3:] == [projected] * 2
