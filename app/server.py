@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import heapq
+import itertools
 import json
 import re
 
@@ -105,6 +106,9 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+_RESPONSES = itertools.count(1)  # responses completed by this process, in order
+
+
 class _Deadlines:
     """The read deadlines of a uvicorn protocol: a request's headers must be in within
     `header_timeout_s` of the connection's opening or of the request's first byte, and its body
@@ -123,6 +127,7 @@ class _Deadlines:
             self.header_timeout_s, self.body_timeout_s, self.max_header_bytes = _limits_from_environment()
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._responded = 0  # when its last response completed, in `_RESPONSES`' order
         # The connection cap is kept here (see the module's docstring), not by uvicorn's check.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
 
@@ -139,8 +144,14 @@ class _Deadlines:
         open_connections = [c for c in self.connections if not c.transport.is_closing()]
         excess = len(open_connections) - self.max_connections
         idle = [c for c in open_connections if c.timeout_keep_alive_task is not None]
-        for connection in heapq.nsmallest(excess, idle, key=lambda c: c.timeout_keep_alive_task.when()):
+        # Ordered by a count, not by the keep-alive timers' deadlines: uvloop's clock ticks in
+        # milliseconds, and two connections that went idle within one tie.
+        for connection in heapq.nsmallest(excess, idle, key=lambda c: c._responded):
             connection.timeout_keep_alive_handler()  # uvicorn's own close of an idle connection
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._responded = next(_RESPONSES)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_phase(None)
