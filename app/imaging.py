@@ -2,10 +2,10 @@
 
 Outgoing PNGs come from `models.grid` (the project's one encoder). Uploads are PNG or JPEG, at
 most `max_image_bytes` decoded and MAX_PIXELS declared, one frame. They are converted to the
-model's channels (16-bit scaled to 8-bit, palettes expanded, alpha composited over the model's
-background, what its training images were composited on: black for Fashion-MNIST, white for an
-image folder; colour to gray by ITU-R 601 luma) and stretched to the model's
-height and width with Pillow's bilinear filter (antialiased when shrinking; the aspect ratio is
+model's channels by the folder loader's own conversion, `models.folder.to_rgb` (16-bit scaled to
+8-bit, palettes expanded, alpha composited over the model's background, what its training images
+stand on: black for Fashion-MNIST, white for an image folder), then to gray by ITU-R 601 luma for
+a gray model, and stretched to the model's height and width with Pillow's bilinear filter (antialiased when shrinking; the aspect ratio is
 not kept). The result lies on the 8-bit grid, as the training data does.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from models.folder import to_rgb
 from models.grid import make_grid, png_bytes, to_uint8
 
 # Refuse before decoding: a small file may declare a huge image (a bomb). 4096 x 4096 already let a
@@ -89,7 +90,9 @@ def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int
             if getattr(image, "n_frames", 1) > 1:
                 raise ImageError("animated or multi-frame images are not accepted")
             image.load()
-            image = _to_mode(ImageOps.exif_transpose(image), "L" if channels == 1 else "RGB", background)
+            image = to_rgb(ImageOps.exif_transpose(image), background)
+            if channels == 1:
+                image = image.convert("L")  # ITU-R 601 luma; a gray image comes back exactly
             if image.size != (width, height):
                 image = image.resize((width, height), RESAMPLE)
             pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
@@ -102,16 +105,3 @@ def load_image(payload: bytes, image_shape: tuple[int, int, int], max_bytes: int
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # what Pillow raises on corrupt data
         raise ImageError(f"the image is corrupt or truncated ({e})") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).unsqueeze(0).float().div(255)
-
-
-def _to_mode(image: Image.Image, mode: str, background: str) -> Image.Image:
-    """Any PNG/JPEG mode -> 8-bit L or RGB, transparency over `background`."""
-    if image.mode.startswith("I"):  # 16-bit gray ("I;16", "I;16B") or 32-bit ("I"): scale to 8 bits
-        levels = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257
-        image = Image.fromarray(levels.round().astype(np.uint8))
-    if image.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", image.size, background), rgba)
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    return image if image.mode == mode else image.convert(mode)

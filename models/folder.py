@@ -108,14 +108,15 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         raise Unusable("unreadable", str(e) or type(e).__name__) from None
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode (palette, gray, gray + alpha, CMYK, 16-bit) -> 8-bit RGB, transparency on white."""
+def to_rgb(image: Image.Image, background: str = "white") -> Image.Image:
+    """Any mode (palette, gray, gray + alpha, CMYK, 16-bit) -> 8-bit RGB, transparency composited
+    on `background` ("white", as the folder's images are, or "black"). The API's uploads too."""
     if image.mode.startswith("I"):  # 16-bit ("I;16", "I;16B") or 32-bit gray: scale to 8 bits
         levels = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257
         image = Image.fromarray(levels.round().astype(np.uint8))
     if image.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("RGB")
     return image.convert("RGB")
 
 

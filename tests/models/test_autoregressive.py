@@ -83,12 +83,17 @@ def test_samples_lie_on_the_8bit_grid_and_the_seed_fixes_them(small):
 
 
 @pytest.mark.parametrize("n_classes", [0, 4])
-def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(small, n_classes):
-    model = small(n_classes=n_classes)
-    noise, cond = model.draw_noise(4, torch.Generator().manual_seed(11))
+@pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 8)], ids=["gray", "colour"])
+def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(small, n_classes, image_shape):
+    """In colour too: R, G, B in turn, sub-pixel by sub-pixel, the naive sampler's pixels."""
+    model = small(n_classes=n_classes, image_shape=image_shape)
+    noise, cond = model.draw_noise(3, torch.Generator().manual_seed(11))
     fast = model.sample_from_noise(noise.double(), 0.9, cond, fast=True)
     naive = model.sample_from_noise(noise.double(), 0.9, cond, fast=False)
+    assert fast.shape == (3, *image_shape) and torch.equal(fast * 255, (fast * 255).round())
     assert torch.equal(fast, naive)
+    alone = model.sample_from_noise(noise[1:2].double(), 0.9, None if cond is None else cond[1:2])
+    assert torch.equal(alone, fast[1:2]), "a sample does not depend on its batch"
 
 
 @pytest.mark.parametrize("image_shape", [(1, 12, 12), (3, 8, 10)])

@@ -87,18 +87,6 @@ def test_class_marginal_is_the_mean_of_the_conditionals(colour):
     torch.testing.assert_close(model.log_prob(x), shift + torch.log((per_class - shift).exp().mean(0)))
 
 
-@pytest.mark.parametrize("n_classes", [0, 3])
-def test_fast_sampler_draws_the_same_pixels_as_the_naive_one(colour, n_classes):
-    model = colour(n_classes=n_classes)
-    noise, cond = model.draw_noise(3, torch.Generator().manual_seed(11))
-    fast = model.sample_from_noise(noise.double(), 0.9, cond, fast=True)
-    naive = model.sample_from_noise(noise.double(), 0.9, cond, fast=False)
-    assert fast.shape == (3, 3, 8, 8) and torch.equal(fast * 255, (fast * 255).round())
-    assert torch.equal(fast, naive)
-    alone = model.sample_from_noise(noise[1:2].double(), 0.9, None if cond is None else cond[1:2])
-    assert torch.equal(alone, fast[1:2]), "a sample does not depend on its batch"
-
-
 def test_low_temperature_takes_each_colours_mode_given_the_earlier_ones(colour):
     model = colour()
     noise, _ = model.draw_noise(2, torch.Generator().manual_seed(0))
