@@ -80,8 +80,14 @@ class Family(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} declares objective {self.objective!r}")
 
     def adversarial_parts(self) -> tuple[nn.Module, nn.Module]:
-        """objective "adversarial": (generator: z [B, latent_dim] -> images in [-1, 1],
-        discriminator: images in [0, 1] -> logits [B]); the generator is what serves."""
+        """objective "adversarial": (generator: (z, labels) -> images in [-1, 1], discriminator:
+        (images in [0, 1], labels) -> logits [B]); the generator is what serves."""
+        raise NotImplementedError(f"{type(self).__name__} declares objective {self.objective!r}")
+
+    def adversarial_inputs(self, labels: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """objective "adversarial": the generator's inputs for fakes beside a batch of real images
+        of `labels` [B]: (z, the fakes' labels or None). With labels, both nets are given them,
+        real images with theirs; with None, neither is."""
         raise NotImplementedError(f"{type(self).__name__} declares objective {self.objective!r}")
 
     def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None,
@@ -95,7 +101,7 @@ class Family(nn.Module):
         name of its own, from the same draws (evaluation writes NAME_test_bits_per_dim)."""
         raise NotImplementedError(f"{type(self).__name__} declares likelihood {self.likelihood!r}")
 
-    def fit_after_training(self, images: torch.Tensor, quiet: bool = False) -> dict:
-        """Parts that gradients do not train, fitted once training is done (uint8 train images):
-        figures to log, or {} when there is nothing to fit."""
+    def fit_after_training(self, images: torch.Tensor, labels: torch.Tensor, quiet: bool = False) -> dict:
+        """Parts that gradients do not train, fitted once training is done (uint8 train images and
+        their labels): figures to log, or {} when there is nothing to fit."""
         return {}

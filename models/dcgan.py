@@ -5,6 +5,13 @@ nets (not on the generator's output nor the discriminator's input), ReLU in the 
 tanh output, LeakyReLU(0.2) in the discriminator; trained with Adam (lr 2e-4, beta1 0.5).
 Sized for any height and width that are multiples of 4, one up/down-sampling stage per doubling
 (28x28 starts from a 7x7 map in two stages, 32x32 from 4x4 in three, 64x64 in four).
+
+With `n_classes > 0` it is class-conditional as BigGAN is (Brock et al. 2019): a learnt class
+embedding joins the noise at the generator's input, and the discriminator scores the class by
+projection (Miyato & Koyama 2018). The embedding is the latent's last `class_dim` numbers, so a
+latent still decodes alone and everything served on latents (interpolation, arithmetic, traversal,
+projection) moves through the classes as through the rest; the prior draws a class by the
+training set's frequencies, then the noise.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.card import MAX_LATENT_DIM
+from models.card import MAX_CLASSES, MAX_LATENT_DIM
 from models.latent import LatentModel, check_resolution, resolution_stages
 
 
@@ -28,10 +35,15 @@ class DCGANConfig:
     # "batch": the paper's batchnorm; "spectral": spectral normalisation of every weight (Miyato et
     # al. 2018), which bounds the discriminator's Lipschitz constant and steadies the game.
     discriminator_norm: str = "batch"
+    # > 0: class-conditional, the last `class_dim` of the latent's numbers being the class embedding
+    n_classes: int = field(default=0, metadata={"bounds": (0, MAX_CLASSES)})
+    class_dim: int = field(default=16, metadata={"bounds": (1, MAX_LATENT_DIM)})
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
         check_resolution("DCGAN", self.image_shape)
+        if self.n_classes and self.class_dim >= self.latent_dim:
+            raise ValueError(f"class_dim ({self.class_dim}) must leave noise in the latent ({self.latent_dim} numbers)")
         if self.discriminator_norm not in ("batch", "spectral"):
             raise ValueError(f"discriminator_norm must be 'batch' or 'spectral', not {self.discriminator_norm!r}")
 
@@ -60,8 +72,14 @@ class Generator(nn.Module):
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         self.net = nn.Sequential(*layers, nn.Conv2d(widths[-1], c, 3, 1, 1), nn.Tanh())
+        # N(0, 1) rows (nn.Embedding's own initialisation): the scale of the noise beside them
+        self.class_embedding = nn.Embedding(config.n_classes, config.class_dim) if config.n_classes else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z [B, latent_dim] -> images in [-1, 1]; with labels [B], z is the noise alone and the
+        labels' embeddings complete the latent."""
+        if labels is not None:
+            z = torch.cat([z, self.class_embedding(labels)], dim=1)
         return self.net(z[:, :, None, None])
 
 
@@ -85,10 +103,20 @@ class Discriminator(nn.Module):
             last = i == stages - 1
             layers += [*conv(c_in, c_out, 3 if last else 4, 1 if last else 2, 1, normed=True), nn.LeakyReLU(0.2, True)]
         self.net = nn.Sequential(*layers, *conv(widths[-1], 1, (h >> stages, w >> stages), 1, 0, normed=False))
+        self.class_embedding = None
+        if config.n_classes:
+            # The projection starts at zero: the game begins unconditional and learns the classes.
+            self.class_embedding = nn.Embedding(config.n_classes, widths[-1])
+            nn.init.zeros_(self.class_embedding.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float [B, C, H, W] in [0, 1] -> real/fake logits [B]."""
-        return self.net(x * 2 - 1).flatten()
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: float [B, C, H, W] in [0, 1] -> real/fake logits [B]; with labels [B], plus the
+        projection of the last features' spatial sum on the labels' embeddings."""
+        features = self.net[:-1](x * 2 - 1)
+        logits = self.net[-1](features).flatten()
+        if labels is not None:
+            logits = logits + (self.class_embedding(labels) * features.sum((2, 3))).sum(1)
+        return logits
 
 
 class DCGAN(LatentModel):
@@ -108,9 +136,48 @@ class DCGAN(LatentModel):
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
         self.apply(init_weights)
+        if config.n_classes:
+            # p(class) for the prior's draws: uniform until `fit_after_training` counts the labels
+            self.register_buffer("class_prior", torch.full((config.n_classes,), 1 / config.n_classes))
 
     def adversarial_parts(self) -> tuple[nn.Module, nn.Module]:
         return self.generator, self.discriminator
+
+    def adversarial_inputs(self, labels: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fakes beside real images of `labels`: N(0, I) noise, and (conditional) the same labels,
+        so that both sides of the game hold the classes in the data's proportions."""
+        if not self.config.n_classes:
+            return torch.randn(labels.shape[0], self.config.latent_dim, generator=noise), None
+        return torch.randn(labels.shape[0], self.config.latent_dim - self.config.class_dim, generator=noise), labels
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Unconditional: N(0, T^2 I). Conditional: the noise N(0, T^2 I), then a class drawn by
+        `class_prior`, whose embedding completes the latent."""
+        if not self.config.n_classes:
+            return super().sample_latents(n, generator, temperature)
+        noise = torch.randn(n, self.config.latent_dim - self.config.class_dim, generator=generator) * temperature
+        labels = torch.multinomial(self.class_prior.cpu(), n, replacement=True, generator=generator)
+        return torch.cat([noise, self.class_codes()[labels]], dim=1)
+
+    def class_codes(self) -> torch.Tensor:
+        """The class embeddings [n_classes, class_dim], on the CPU (where latents are drawn)."""
+        return self.generator.class_embedding.weight.detach().cpu()
+
+    def declared_class_latents(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Conditional: class k's latents are exactly (noise ~ N(0, I), embedding k)."""
+        if not self.config.n_classes:
+            return None
+        noise_dim = self.config.latent_dim - self.config.class_dim
+        std = torch.cat([torch.ones(noise_dim), torch.zeros(self.config.class_dim)])
+        return [(torch.cat([torch.zeros(noise_dim), code]), std) for code in self.class_codes()]
+
+    def fit_after_training(self, images: torch.Tensor, labels: torch.Tensor, quiet: bool = False) -> dict:
+        """Conditional: the prior's class frequencies, counted in the training labels."""
+        if not self.config.n_classes:
+            return {}
+        counts = torch.bincount(labels, minlength=self.config.n_classes).double()
+        self.class_prior.copy_((counts / counts.sum()).to(self.class_prior))
+        return {"class_prior": [round(float(p), 4) for p in self.class_prior]}
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> images, float [B, C, H, W] in [0, 1]."""

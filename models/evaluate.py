@@ -151,11 +151,16 @@ def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: boo
 @torch.no_grad()
 def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, quiet: bool,
                   n_generated: int = 20000, confidence: float = 0.9, at_least: int = 20) -> dict:
-    """Each class's mean and std latent: from the encoder means of the train images if the model
-    has an encoder, else from generated samples that the classifier assigns to the class with high
-    confidence (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim)); a rare
-    class with fewer than `at_least` such samples takes the `at_least` it ranks highest."""
+    """Each class's mean and std latent: as the model declares them if its prior knows the
+    classes; else from the encoder means of the train images if the model has an encoder; else
+    from generated samples that the classifier assigns to the class with high confidence (the
+    mean's direction, scaled to the prior's typical norm sqrt(latent_dim)), where a rare class
+    with fewer than `at_least` such samples takes the `at_least` it ranks highest."""
     device = next(model.parameters()).device
+    declared = model.declared_class_latents()
+    if declared is not None:
+        return {name: {"mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std]}
+                for name, (mean, std) in zip(train.classes, declared)}
     from_encoder = "encoder" in model.capabilities
     if from_encoder:
         mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])

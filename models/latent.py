@@ -69,6 +69,11 @@ class LatentModel(Family):
         the API, the evaluation and the showcase share, so any picture can be redrawn by seed."""
         return torch.cat([self.sample_latents(1, torch.Generator().manual_seed(s), temperature) for s in seeds])
 
+    def declared_class_latents(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Each class's (mean, std) latent, where the prior itself knows the classes (a
+        class-conditional generator); None: evaluation finds them, from the encoder or from samples."""
+        return None
+
     @torch.no_grad()
     def sample_for_seeds(self, seeds, temperature: float = 1.0) -> torch.Tensor:
         """The images of these seeds [len(seeds), C, H, W], as `POST .../samples` draws them."""

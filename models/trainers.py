@@ -4,6 +4,7 @@ takes one step on a batch, owns its optimisers and state, and exports the module
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -14,6 +15,18 @@ from torch.nn.parallel import DistributedDataParallel
 from models.augment import augment, parse_policy
 from models.checkpoint import build_model
 from models.contract import Family
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def forward_precision(args) -> contextlib.AbstractContextManager:
+    """The context the forward passes run in: bfloat16 autocast for `--precision bfloat16` (matrix
+    products and convolutions in bfloat16, reductions and losses in float32, as autocast's op lists
+    say), a no-op for float32. Backward passes run outside it, as autocast asks."""
+    if args.precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
 
 
 # -- objectives: one per kind of training -------------------------------------------------------
@@ -63,10 +76,12 @@ class LossTrainer:
         self.objective = DistributedDataParallel(objective) if distributed else objective
         self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(args.beta1, 0.999))
         self.grad_clip = args.grad_clip
+        self.args = args
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
         self.model.train()
-        loss, logs = self.objective(x, y)
+        with forward_precision(self.args):
+            loss, logs = self.objective(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -108,30 +123,32 @@ class GANTrainer:
         self.ema_decay = args.ema
         self.ema_updates = 0
         self.augmentation = parse_policy(args.augment)
-        self.latent_dim = model.config.latent_dim
+        self.args = args
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
         self.model.train()
-        b = x.shape[0]
-        z = torch.randn(b, self.latent_dim, generator=noise).to(x.device)
-        fake = (self.generator(z) + 1) / 2
-        # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
-        d_real = self.discriminator(self.seen(x, noise))
-        d_fake = self.discriminator(self.seen(fake.detach(), noise))
-        if self.hinge:
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-        else:
-            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        z, fake_labels = self.model.adversarial_inputs(y, noise)
+        real_labels = None if fake_labels is None else y
+        with forward_precision(self.args):
+            fake = (self.generator(z.to(x.device), fake_labels) + 1) / 2
+            # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
+            d_real = self.discriminator(self.seen(x, noise), real_labels).float()
+            d_fake = self.discriminator(self.seen(fake.detach(), noise), fake_labels).float()
+            if self.hinge:
+                loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+            else:
+                loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                          + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         # Generator: raise the discriminator's score of the fakes (the non-saturating loss).
-        d_fake_for_g = self.discriminator(self.seen(fake, noise))
-        if self.hinge:
-            loss_g = -d_fake_for_g.mean()
-        else:
-            loss_g = F.binary_cross_entropy_with_logits(d_fake_for_g, torch.ones_like(d_fake_for_g))
+        with forward_precision(self.args):
+            d_fake_for_g = self.discriminator(self.seen(fake, noise), fake_labels).float()
+            if self.hinge:
+                loss_g = -d_fake_for_g.mean()
+            else:
+                loss_g = F.binary_cross_entropy_with_logits(d_fake_for_g, torch.ones_like(d_fake_for_g))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -181,7 +198,7 @@ class GANTrainer:
                 module.momentum = None  # cumulative average over the batches below
         calibration = torch.Generator().manual_seed(0)
         for _ in range(batches):
-            generator(torch.randn(batch_size, self.latent_dim, generator=calibration).to(device))
+            generator(exported.sample_latents(batch_size, calibration).to(device))
         for module in generator.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = 0.1

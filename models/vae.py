@@ -170,7 +170,7 @@ class VAE(LatentModel):
         return out
 
     @torch.no_grad()
-    def fit_after_training(self, images: torch.Tensor, quiet: bool = False, seed: int = 0) -> dict:
+    def fit_after_training(self, images: torch.Tensor, labels: torch.Tensor, quiet: bool = False, seed: int = 0) -> dict:
         """Fit the mixture prior (if the config has one) to the aggregate posterior q(z) = E_x q(z|x)
         of the training images (uint8 [N, C, H, W]): one draw of z per image. Fitted to the draws
         rather than to the posterior means, it tightens the ELBO (the prior that maximises it is

@@ -33,7 +33,8 @@ PER_CLASS = 100
 CLASSES = ["discs", "squares"]  # the subfolders: sorted, as the loader names the classes
 # Widths small enough that two steps of each family, and its answers, take a blink.
 TINY = {
-    "dcgan": ["latent_dim=8", "generator_width=8", "discriminator_width=8"],
+    # class-conditional, as the shipped colour DCGAN: the class embedding rides in the latent
+    "dcgan": ["latent_dim=8", "generator_width=8", "discriminator_width=8", "n_classes=dataset", "class_dim=3"],
     "vae": ["latent_dim=4", "width=8", "hidden=32", "prior_components=4"],
     "pixelcnn": ["channels=12", "n_layers=2", "kernel_size=3", "head_channels=12"],
     "pixelrnn": ["channels=12", "n_layers=1", "first_kernel=3", "head_channels=12"],

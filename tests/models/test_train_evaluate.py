@@ -26,10 +26,15 @@ def run(family, tmp_path, *extra):
     return out
 
 
-@pytest.mark.parametrize("family", ["pixelcnn", "vae", "classifier"])
-def test_training_lowers_the_loss(family, tmp_path):
-    out = run(family, tmp_path, "--epochs", "3", "--lr", "3e-3")
-    history = read_card(out)["training"]["history"]
+@pytest.mark.parametrize("family, precision", [("pixelcnn", "float32"), ("vae", "float32"), ("classifier", "float32"),
+                                               ("pixelcnn", "bfloat16")])
+def test_training_lowers_the_loss(family, precision, tmp_path):
+    out = run(family, tmp_path, "--epochs", "3", "--lr", "3e-3", "--precision", precision)
+    card = read_card(out)
+    assert card["training"]["precision"] == precision
+    # bfloat16 is the forward passes' arithmetic only: what is saved is float32
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values() if t.is_floating_point()} == {torch.float32}
+    history = card["training"]["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["loss"] < 0.97 * history[0]["loss"], history
     model, card = load_checkpoint(out)
@@ -37,8 +42,8 @@ def test_training_lowers_the_loss(family, tmp_path):
     assert (out / "samples.png").exists() or family == "classifier"
 
 
-@pytest.mark.parametrize("game", [[], ["--gan-loss", "hinge", "--set", "latent_dim=16", "generator_width=16",
-                                       "discriminator_width=16", "discriminator_norm=spectral"]])
+@pytest.mark.parametrize("game", [[], ["--gan-loss", "hinge", "--precision", "bfloat16", "--set", "latent_dim=16",
+                                       "generator_width=16", "discriminator_width=16", "discriminator_norm=spectral"]])
 def test_dcgan_training_moves_samples_towards_the_data(tmp_path, game):
     data = to_float(load_dataset("fashion-mnist", "train", limit=512).images)
     untrained = run("dcgan", tmp_path, "--max-steps", "1", *game)
@@ -49,6 +54,21 @@ def test_dcgan_training_moves_samples_towards_the_data(tmp_path, game):
     gap_after = (after.sample_for_seeds(range(256)).mean(0) - data.mean(0)).abs().mean()
     assert gap_after < 0.6 * gap_before, (float(gap_before), float(gap_after))
     assert card["training"]["epochs"] == 4
+
+
+def test_a_class_conditional_dcgan_counts_its_classes_and_declares_their_latents(tmp_path):
+    out = run("dcgan", tmp_path, "n_classes=dataset", "class_dim=4", "--max-steps", "3")  # two more --set items
+    model, card = load_checkpoint(out)
+    labels = load_dataset("fashion-mnist", "train", limit=512).labels
+    assert model.class_prior.tolist() == pytest.approx((torch.bincount(labels, minlength=10) / 512).tolist())
+    classifier = run("classifier", tmp_path, "--max-steps", "2")
+    evaluate.main([str(out), "--classifier", str(classifier), "--limit", "200", "--samples", "40", "--quiet",
+                   "--threads", "1"])
+    latents = read_card(out)["class_latents"]
+    assert list(latents) == card["classes"]
+    for name, code in zip(card["classes"], model.class_codes()):
+        assert latents[name]["mean"] == pytest.approx([0.0] * 12 + code.tolist(), abs=1e-5)
+        assert latents[name]["std"] == [1.0] * 12 + [0.0] * 4
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
@@ -109,12 +129,13 @@ def test_init_from_refuses_a_config_that_changes_trained_weights(tmp_path):
                     "--set", "latent_dim=3"])
 
 
-def test_a_run_ended_by_its_budget_still_fits_the_mixture_prior(tmp_path):
-    """--max-steps (or --minutes) ends the run before its epochs: the prior is fitted all the same,
-    not shipped as initialised."""
-    out = run("vae", tmp_path, "--epochs", "5", "--max-steps", "3", "--set", "prior_components=3")
+@pytest.mark.parametrize("budget, steps", [(["--max-steps", "3"], 3), (["--minutes", "1e-9"], 1)])
+def test_a_run_ended_by_its_budget_still_fits_the_mixture_prior(tmp_path, budget, steps):
+    """--max-steps or --minutes ends the run before its epochs: the prior is fitted all the same,
+    not shipped as initialised. (A step costs more CPU time than 1e-9 minutes: one step.)"""
+    out = run("vae", tmp_path, "--epochs", "5", *budget, "--set", "prior_components=3")
     model, card = load_checkpoint(out)
-    assert card["training"]["steps"] == 3
+    assert card["training"]["steps"] == steps and "budget_time_s" in card["training"]
     fresh = build_model("vae", card["config"])
     assert not torch.equal(model.prior.means, fresh.prior.means)
     assert model.prior.log_weights.exp().sum().item() == pytest.approx(1.0, abs=1e-5)

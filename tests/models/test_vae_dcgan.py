@@ -92,3 +92,65 @@ def test_slerp_keeps_the_ends_and_the_norm_of_orthogonal_latents():
     torch.testing.assert_close(path.norm(dim=1), torch.full((5,), 3.0))
     assert lerp(a, b, torch.tensor([0.5])).norm() < 3.0
     torch.testing.assert_close(slerp(a, 2 * a, torch.tensor([0.5])), lerp(a, 2 * a, torch.tensor([0.5])))
+
+
+def conditional_dcgan(n_classes=3, class_dim=4) -> DCGAN:
+    torch.manual_seed(0)
+    config = DCGANConfig(image_shape=(3, 32, 32), latent_dim=12, generator_width=8, discriminator_width=8,
+                         n_classes=n_classes, class_dim=class_dim)
+    return DCGAN(config).eval()
+
+
+def test_a_conditional_dcgan_latent_is_noise_then_a_class_embedding():
+    model = conditional_dcgan()
+    model.class_prior.copy_(torch.tensor([0.0, 0.0, 1.0]))  # every draw is class 2
+    z = model.latents_for_seeds(range(6))
+    assert z.shape == (6, 12)
+    assert torch.equal(z[:, 8:], model.class_codes()[2].expand(6, 4))
+    assert torch.equal(model.latents_for_seeds(range(6)), z) and not torch.equal(z[0], z[1])
+    # The latent decodes alone to what the generator makes of (noise, label): nothing is lost.
+    torch.testing.assert_close(model.decode(z), (model.generator(z[:, :8], torch.full((6,), 2)) + 1) / 2)
+    model.class_prior.copy_(torch.tensor([0.5, 0.5, 0.0]))
+    drawn = model.latents_for_seeds(range(200))[:, 8:]
+    hits = [(drawn == code).all(1).sum().item() for code in model.class_codes()]
+    assert hits[2] == 0 and hits[0] > 60 and hits[1] > 60 and sum(hits) == 200
+
+
+def test_a_conditional_dcgan_declares_its_class_latents_and_counts_its_prior():
+    model = conditional_dcgan()
+    declared = model.declared_class_latents()
+    assert len(declared) == 3
+    for (mean, std), code in zip(declared, model.class_codes()):
+        assert torch.equal(mean, torch.cat([torch.zeros(8), code]))
+        assert torch.equal(std, torch.cat([torch.ones(8), torch.zeros(4)]))
+    fitted = model.fit_after_training(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 1, 1]))
+    assert fitted["class_prior"] == [0.25, 0.75, 0.0]
+    assert DCGAN(DCGANConfig()).declared_class_latents() is None
+
+
+def test_the_projection_discriminator_scores_the_label():
+    model = conditional_dcgan()
+    images = model.sample_for_seeds([0, 1])
+    labels = torch.tensor([0, 1])
+    # The projection starts at zero: at first the label changes nothing ...
+    assert torch.equal(model.discriminator(images, labels), model.discriminator(images))
+    torch.nn.init.normal_(model.discriminator.class_embedding.weight)
+    # ... and once learnt, it does.
+    assert not torch.allclose(model.discriminator(images, labels), model.discriminator(images, labels.flip(0)))
+
+
+def test_the_unconditional_game_draws_its_noise_as_before():
+    """The fakes' noise is what GANTrainer drew before the conditional mode, so an unconditional
+    run from the same seed is the same run."""
+    model = DCGAN(DCGANConfig())
+    z, labels = model.adversarial_inputs(torch.zeros(5, dtype=torch.long), torch.Generator().manual_seed(3))
+    assert labels is None and torch.equal(z, torch.randn(5, 100, generator=torch.Generator().manual_seed(3)))
+    conditional = conditional_dcgan()
+    y = torch.tensor([2, 0, 1])
+    z, labels = conditional.adversarial_inputs(y, torch.Generator().manual_seed(3))
+    assert z.shape == (3, 8) and torch.equal(labels, y)
+
+
+def test_a_class_dim_that_leaves_no_noise_is_refused():
+    with pytest.raises(ValueError, match="class_dim"):
+        DCGANConfig(latent_dim=16, n_classes=3, class_dim=16)
