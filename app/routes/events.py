@@ -2,8 +2,8 @@
 
 Both answers of a samples request run the same plan (`plans.plan_samples`). A model that
 samples row by row ("stream" among its capabilities: PixelCNN, PixelRNN) runs the plan's job with
-an `on_row` hand-over: its sampler's worker thread draws each finished row's `progress` event
-(the grid so far) and passes it to the event loop, which sends it. So the stream costs what the
+an `on_row` hand-over: its sampler passes each finished row from the worker thread to the event
+loop, where it is sent as a `progress` event with the grid so far. So the stream costs what the
 plain answer costs and ends in the same pixels. A client that goes away cancels the stream
 (Starlette cancels the generator): a job still queued is withdrawn, and a running one stops after
 its current row. That job is only started (`Plan.start`), not run with `Jobs.run`'s disconnect
@@ -59,26 +59,25 @@ async def _single(png: bytes) -> AsyncIterator[str]:
 
 async def _rows(jobs: Jobs, plan: ImagePlan) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
-    # The rows' events in order, then None once the job is done: the worker hands each one over
-    # with call_soon_threadsafe before it settles the job, so they are queued before the None.
-    finished: asyncio.Queue[str | None] = asyncio.Queue()
+    # The rows in order, then None once the job is done: the worker hands each row over with
+    # call_soon_threadsafe before it settles the job, so the rows are queued before the None.
+    finished: asyncio.Queue[tuple[int, torch.Tensor] | None] = asyncio.Queue()
     listening = True
-    rows, nrow = plan.model.image_shape[1], plan.nrow
 
     def on_row(row: int, images: torch.Tensor) -> bool:
-        """In the worker thread: the row's event, drawn and encoded here, to the event loop, which
-        only writes it (drawn there, each frame would hold the GIL that the sampler waits for
-        between its steps); False stops the sampling once nobody listens."""
+        """In the worker thread: a copy of the images so far to the event loop; False stops the
+        sampling once nobody listens."""
         if listening:
-            frame = _base64(grid_png(images.to("cpu", torch.float32), nrow))
-            loop.call_soon_threadsafe(finished.put_nowait, event("progress", {"row": row, "rows": rows, "image": frame}))
+            loop.call_soon_threadsafe(finished.put_nowait, (row, images.to("cpu", torch.float32, copy=True)))
         return listening
 
     job = plan.start(jobs, on_row=on_row)
     job.add_done_callback(lambda _: finished.put_nowait(None))
+    rows, nrow = plan.model.image_shape[1], plan.nrow
     try:
-        while (progress := await finished.get()) is not None:
-            yield progress
+        while (item := await finished.get()) is not None:
+            row, images = item
+            yield event("progress", {"row": row, "rows": rows, "image": _base64(grid_png(images, nrow))})
         yield event("done", {"image": _base64(grid_png(job.result(), nrow))})
     finally:
         listening = False
