@@ -47,6 +47,11 @@ class DCGANConfig:
         if self.discriminator_norm not in ("batch", "spectral"):
             raise ValueError(f"discriminator_norm must be 'batch' or 'spectral', not {self.discriminator_norm!r}")
 
+    @property
+    def noise_dim(self) -> int:
+        """The latent's numbers drawn from N(0, I): all of them, or those before the class embedding."""
+        return self.latent_dim - self.class_dim if self.n_classes else self.latent_dim
+
 
 def init_weights(module: nn.Module) -> None:
     """The paper's initialisation: N(0, 0.02) weights, batchnorm scales N(1, 0.02). Spectrally
@@ -146,16 +151,15 @@ class DCGAN(LatentModel):
     def adversarial_inputs(self, labels: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fakes beside real images of `labels`: N(0, I) noise, and (conditional) the same labels,
         so that both sides of the game hold the classes in the data's proportions."""
-        if not self.config.n_classes:
-            return torch.randn(labels.shape[0], self.config.latent_dim, generator=noise), None
-        return torch.randn(labels.shape[0], self.config.latent_dim - self.config.class_dim, generator=noise), labels
+        z = torch.randn(labels.shape[0], self.config.noise_dim, generator=noise)
+        return z, (labels if self.config.n_classes else None)
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         """Unconditional: N(0, T^2 I). Conditional: the noise N(0, T^2 I), then a class drawn by
         `class_prior`, whose embedding completes the latent."""
         if not self.config.n_classes:
             return super().sample_latents(n, generator, temperature)
-        noise = torch.randn(n, self.config.latent_dim - self.config.class_dim, generator=generator) * temperature
+        noise = torch.randn(n, self.config.noise_dim, generator=generator) * temperature
         labels = torch.multinomial(self.class_prior.cpu(), n, replacement=True, generator=generator)
         return torch.cat([noise, self.class_codes()[labels]], dim=1)
 
@@ -167,7 +171,7 @@ class DCGAN(LatentModel):
         """Conditional: class k's latents are exactly (noise ~ N(0, I), embedding k)."""
         if not self.config.n_classes:
             return None
-        noise_dim = self.config.latent_dim - self.config.class_dim
+        noise_dim = self.config.noise_dim
         std = torch.cat([torch.ones(noise_dim), torch.zeros(self.config.class_dim)])
         return [(torch.cat([torch.zeros(noise_dim), code]), std) for code in self.class_codes()]
 

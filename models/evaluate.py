@@ -159,8 +159,7 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
     device = next(model.parameters()).device
     declared = model.declared_class_latents()
     if declared is not None:
-        return {name: {"mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std]}
-                for name, (mean, std) in zip(train.classes, declared)}
+        return {name: latent_entry(mean, std) for name, (mean, std) in zip(train.classes, declared)}
     from_encoder = "encoder" in model.capabilities
     if from_encoder:
         mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])
@@ -184,10 +183,13 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
             # The mean of many N(0, I) draws sits near the origin, where the generator was never
             # trained (its z have norm ~ sqrt(d)); keep the class's direction at the typical radius.
             mean = mean / mean.norm() * math.sqrt(mean.numel())
-        result[name] = {"mean": [round(float(v), 5) for v in mean],
-                        "std": [round(float(v), 5) for v in members.std(0)],
-                        "count": int(len(members))}
+        result[name] = {**latent_entry(mean, members.std(0)), "count": int(len(members))}
     return result
+
+
+def latent_entry(mean: torch.Tensor, std: torch.Tensor) -> dict:
+    """A class latent as the card keeps it (`class_latents[name]`)."""
+    return {"mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std]}
 
 
 @torch.no_grad()

@@ -86,6 +86,13 @@ async def serving(weights_dir, pass_delay_s: float = 0, **settings):
             yield client
 
 
+async def model_infos(client: httpx.AsyncClient) -> dict:
+    """served name -> ModelInfo, as GET /v1/models reports them."""
+    answer = await client.get("/v1/models")
+    assert answer.status_code == 200, answer.text
+    return {info["name"]: info for info in answer.json()["models"]}
+
+
 class _Idle(nn.Module):
     """The module of the held pass: nothing in it runs."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from apptest import SLOW_SERVER, THREADS, serving
+from apptest import SLOW_SERVER, THREADS, model_infos, serving
 from bench.process import running_server
 
 
@@ -21,7 +21,7 @@ async def client(weights_dir, anyio_backend):
 @pytest.fixture(scope="session")
 async def models(client) -> dict:
     """name -> ModelInfo, as the service reports them."""
-    return {info["name"]: info for info in (await client.get("/v1/models")).json()["models"]}
+    return await model_infos(client)
 
 
 @pytest.fixture(scope="session")

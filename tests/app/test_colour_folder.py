@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from apptest import PAD, b64png, encode_png, serving
+from apptest import PAD, b64png, encode_png, model_infos, serving
 from models import train
 from models.checkpoint import read_card, update_card
 from models.families import FAMILIES
@@ -89,10 +89,8 @@ async def colour(colour_weights, anyio_backend):
 
 @pytest.fixture(scope="module")
 async def infos(colour) -> dict:
-    """served name -> ModelInfo, as GET /v1/models reports them."""
-    answer = await colour.get("/v1/models")
-    assert answer.status_code == 200, answer.text
-    return {info["name"]: info for info in answer.json()["models"]}
+    """served name -> ModelInfo of the colour models."""
+    return await model_infos(colour)
 
 
 # -- what an RGB answer is -----------------------------------------------------------------------
