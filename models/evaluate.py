@@ -13,7 +13,9 @@ size and channels; its classifier is trained on the same folder (`models.train c
 Sample quality is measured in the feature space of the small classifier in `weights/classifier`
 (trained by `python -m models.train classifier`): the Frechet distance between generated samples
 and the test images, the same distance between the test and the train images (the floor a
-perfect generator would reach), and the classes the classifier gives the samples. What is
+perfect generator would reach), the samples' distance to the train images (the reference a small
+test split cannot be) with a check that they do not copy them, and the classes the classifier
+gives the samples. What is
 measured follows what the family declares: the likelihood where it has one (exact, or the bound),
 completions of test images from their top half for a class-conditional model that completes
 (do they keep their class?), and each class's mean latent in the card for latent models, for
@@ -41,6 +43,7 @@ from models.latent import LatentModel
 DEFAULT_CLASSIFIER = Path("weights/classifier")
 QUICK_SAMPLES = 1000
 TEST_FEATURES_FILE = "test_features.safetensors"
+TRAIN_FEATURES_FILE = "train_features.safetensors"
 SAMPLE_BATCH = 500  # seeds per batch: the first 1,000 samples need only two
 
 
@@ -208,9 +211,11 @@ def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name
     classifier's features (with the test-vs-train floor), and the classes the classifier gives them."""
     test = dataset_of_card(card, "test", data_dir, limit, cache_dir)
     train = dataset_of_card(card, "train", data_dir, limit, cache_dir)
-    test_feats, _ = features_of(classifier, to_float(test.images))
-    train_feats, _ = features_of(classifier, to_float(train.images))
+    test_images, train_images = to_float(test.images), to_float(train.images)
+    test_feats, _ = features_of(classifier, test_images)
+    train_feats, _ = features_of(classifier, train_images)
     sample_feats, sample_probs = features_of(classifier, samples)
+    halves = torch.randperm(train_feats.shape[0], generator=torch.Generator().manual_seed(0)).chunk(2)
     return {
         "frechet_distance": round(frechet_distance(sample_feats, test_feats), 3),
         "frechet_distance_test_vs_train": round(frechet_distance(test_feats, train_feats), 3),
@@ -218,9 +223,30 @@ def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name
         # The same on the first 1,000 samples only (a larger figure: the estimate is biased
         # upwards at small N), which a test can afford to recompute from the weights.
         f"frechet_distance_{QUICK_SAMPLES}": round(frechet_distance(sample_feats[:QUICK_SAMPLES], test_feats), 3),
+        # Against the train split as well, with that reference's own floor (one half of it against
+        # the other): a test split of a few hundred images (a small folder's 5 %) cannot estimate a
+        # covariance of this many dimensions, and the error of its estimate becomes most of the
+        # distance. The nearest-neighbour ratio checks that a low figure is not bought by copying.
+        "frechet_distance_to_train": round(frechet_distance(sample_feats, train_feats), 3),
+        "frechet_distance_train_halves": round(frechet_distance(train_feats[halves[0]], train_feats[halves[1]]), 3),
+        "nearest_train_ratio": round(nearest_train_ratio(samples, test_images, train_images), 3),
         "frechet_feature_space": f"{classifier_name} penultimate layer ({test_feats.shape[1]} dims)",
         **(class_report(sample_probs, test.classes) if test.classes else {}),
     }
+
+
+def nearest_train_ratio(samples: torch.Tensor, test_images: torch.Tensor, train_images: torch.Tensor,
+                        n: int = QUICK_SAMPLES) -> float:
+    """The median pixel distance from a sample to its nearest training image, over the same for
+    held-out real images (float [N, C, H, W], the first n of each): about 1 when samples are as new
+    to the training set as unseen images are, well below 1 when they copy it."""
+    train = train_images.flatten(1)
+
+    def median_nearest(images: torch.Tensor) -> float:
+        nearest = [torch.cdist(chunk.flatten(1), train).amin(1) for chunk in images[:n].split(250)]
+        return float(torch.cat(nearest).median())
+
+    return median_nearest(samples) / median_nearest(test_images)
 
 
 def evaluate_baseline(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, limit: int | None = None,
@@ -287,9 +313,12 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
     if not model.capabilities:  # not a generator: the classifier
         features, probs = features_of(model, to_float(test.images).to(device))
         metrics["test_accuracy"] = round(float((probs.argmax(1) == test.labels).double().mean()), 4)
-        # The test split in its features, shipped beside it: a generator's Frechet distance can be
+        # Both splits in its features, shipped beside it: a generator's Frechet distances can be
         # recomputed from the weights alone, where the data is not at hand (the tests, say).
         save_file(feature_statistics(features), str(path / TEST_FEATURES_FILE))
+        train = dataset_of_card(card, "train", data_dir, limit, cache_dir, quiet)
+        save_file(feature_statistics(features_of(model, to_float(train.images).to(device))[0]),
+                  str(path / TRAIN_FEATURES_FILE))
         update_card(path, metrics=metrics)
         return metrics
     if "likelihood" in model.capabilities and not keep_likelihood:

@@ -1,6 +1,6 @@
 """The colour models we ship (Noto emoji, 32x32 RGB): documented, and measured again from the
-weights alone. The emoji themselves are not needed: the emoji classifier ships the test split's
-feature statistics, so the Frechet distance is recomputed without the data."""
+weights alone. The emoji themselves are not needed: the emoji classifier ships the test and train
+splits' feature statistics, so the Frechet distances are recomputed without the data."""
 
 import json
 import math
@@ -18,7 +18,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 CLASSIFIER = "emoji-classifier"
 # served name -> family
 COLOUR = {"emoji-vae": "vae", "emoji-dcgan": "dcgan"}
-# docs/quality.md's claim, issue 26's floor: at most half the baseline recipe's distance.
+# docs/quality.md's claim, issue 26's floor: at most half the baseline recipe's distance, to the
+# test split (190 images) and to the train split (3,591: the reference whose covariance can be
+# estimated in these 128 dimensions).
 CLAIMED_RATIO = 0.5
 # docs/quality.md's figure: the share of class-mean latents that decode to their class. The VAE's
 # mostly decode to people, the category of 60 % of the images (its class latents are encoder
@@ -53,6 +55,11 @@ def test_sample_quality_recomputed_from_the_weights_matches_the_card(name, class
     features, probs = evaluate.features_of(classifier[0], samples)
     recomputed = evaluate.frechet_from_statistics(evaluate.feature_statistics(features), test_statistics)
     assert math.isclose(recomputed, card["metrics"][f"frechet_distance_{evaluate.QUICK_SAMPLES}"], rel_tol=0.02)
+    # To the train split, 1,000 samples already meet the claim that the card makes for 10,000.
+    train_statistics = load_file(str(WEIGHTS / CLASSIFIER / evaluate.TRAIN_FEATURES_FILE))
+    to_train = evaluate.frechet_from_statistics(evaluate.feature_statistics(features), train_statistics)
+    baseline = json.loads((DOCS / "baselines" / f"{name}.json").read_text())
+    assert to_train <= CLAIMED_RATIO * baseline["metrics"]["frechet_distance_to_train"]
     assert len(set(probs.argmax(1).tolist())) == len(card["classes"]), "a class is missing from 1,000 samples"
 
 
@@ -63,7 +70,11 @@ def test_shipped_colour_models_beat_their_baseline_recipe(name):
     assert baseline["data"]["image_shape"] == [3, 32, 32]
     _, card = load_checkpoint(WEIGHTS / name)
     assert baseline["metrics"]["frechet_distance_test_vs_train"] == card["metrics"]["frechet_distance_test_vs_train"]
-    assert card["metrics"]["frechet_distance"] <= CLAIMED_RATIO * baseline["metrics"]["frechet_distance"]
+    assert baseline["metrics"]["frechet_distance_train_halves"] == card["metrics"]["frechet_distance_train_halves"]
+    for reference in ("frechet_distance", "frechet_distance_to_train"):
+        assert card["metrics"][reference] <= CLAIMED_RATIO * baseline["metrics"][reference], reference
+    # Not bought by copying: the samples lie no nearer the training images than held-out images do.
+    assert card["metrics"]["nearest_train_ratio"] > 1
     assert card["metrics"]["classes_found"] == len(card["classes"])
 
 

@@ -88,6 +88,14 @@ def test_frechet_distance_matches_the_closed_form():
     assert abs(evaluate.frechet_distance(a, a)) < 1e-6
 
 
+def test_nearest_train_ratio_tells_copies_from_new_images():
+    torch.manual_seed(0)
+    train, test = torch.rand(500, 1, 8, 8), torch.rand(100, 1, 8, 8)
+    copies = train[:100] + 0.01 * torch.randn(100, 1, 8, 8)
+    assert evaluate.nearest_train_ratio(copies, test, train) < 0.1
+    assert evaluate.nearest_train_ratio(torch.rand(100, 1, 8, 8), test, train) == pytest.approx(1, abs=0.15)
+
+
 def test_evaluate_writes_metrics_and_class_latents(tmp_path, capsys):
     classifier = run("classifier", tmp_path, "--epochs", "1")
     vae = run("vae", tmp_path, "--epochs", "1")
@@ -102,6 +110,7 @@ def test_evaluate_writes_metrics_and_class_latents(tmp_path, capsys):
     for card in (vae_card, pixelcnn_card):
         m = card["metrics"]
         assert m["frechet_distance"] > m["frechet_distance_test_vs_train"] >= 0
+        assert m["frechet_distance_to_train"] > m["frechet_distance_train_halves"] >= 0 and m["nearest_train_ratio"] > 0
         assert 0 <= m["class_entropy_nats"] <= m["class_entropy_max_nats"]
     completion = pixelcnn_card["metrics"]
     assert 0 <= completion["completion_class_accuracy"] <= 1 and 0 <= completion["completion_posterior_accuracy"] <= 1
@@ -109,6 +118,11 @@ def test_evaluate_writes_metrics_and_class_latents(tmp_path, capsys):
     assert set(latents) <= set(vae_card["classes"]) and len(latents) >= 5
     assert all(len(v["mean"]) == 8 for v in latents.values())
     assert 0 <= read_card(classifier)["metrics"]["test_accuracy"] <= 1
+    # Both splits' feature statistics ship beside the classifier, for distances without the data.
+    test_stats, train_stats = (load_file(str(classifier / f)) for f in (evaluate.TEST_FEATURES_FILE,
+                                                                       evaluate.TRAIN_FEATURES_FILE))
+    assert test_stats["covariance"].shape == train_stats["covariance"].shape
+    assert not torch.equal(test_stats["mean"], train_stats["mean"])
 
 
 def test_init_from_a_checkpoint_carries_its_weights_and_record_over(tmp_path):
