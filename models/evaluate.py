@@ -208,7 +208,8 @@ def class_mean_accuracy(model: nn.Module, classifier: nn.Module, latents: dict, 
 def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name: str, card: dict,
                    data_dir: str | None, limit: int | None, cache_dir: str | None = None) -> dict:
     """Frechet distance of float samples [N, C, H, W] to the test split of the card's data in the
-    classifier's features (with the test-vs-train floor), and the classes the classifier gives them."""
+    classifier's features (with the test-vs-train floor) and to the train split (with its halves'
+    floor), whether the samples copy training images, and the classes the classifier gives them."""
     test = dataset_of_card(card, "test", data_dir, limit, cache_dir)
     train = dataset_of_card(card, "train", data_dir, limit, cache_dir)
     test_images, train_images = to_float(test.images), to_float(train.images)
