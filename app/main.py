@@ -31,8 +31,8 @@ DOCS_PATH, DOCS_ASSETS = "/docs", "/docs/assets"  # Swagger UI from the swagger-
 PROBES = ("/healthz", "/readyz", "/metrics")  # answered even when the server is saturated
 
 DESCRIPTION = """
-Trained image generators over HTTP: a class-conditional **PixelCNN** and **PixelRNN**, a **VAE**
-and a **DCGAN** on Fashion-MNIST. What each model can do is in its `capabilities`.
+Trained image generators over HTTP: a class-conditional **PixelCNN**, **PixelRNN** and **DCGAN**
+and a **VAE** on Fashion-MNIST. What each model can do is in its `capabilities`.
 
 * Image endpoints answer `image/png` (a grid, 2 px padding) or, with `?format=json`, the images
   one by one in base64 with the seed and the latents.

@@ -115,8 +115,8 @@ def test_sample_quality_recomputed_from_the_weights_matches_the_card(name):
 
 # docs/quality.md's claims: the shipped model's Frechet distance at most this share of the recipe
 # a user would otherwise run (models.baselines, scored by models.evaluate in the same feature space).
-# The DCGAN's is against pytorch/examples' cpp/dcgan as written (0.60 measured; issue 25 asks 0.4).
-CLAIMED_RATIO = {"dcgan": 0.65, "vae": 0.5}
+# The DCGAN's is against pytorch/examples' cpp/dcgan as written (0.21 measured; issue 25's aim 0.3).
+CLAIMED_RATIO = {"dcgan": 0.3, "vae": 0.5}
 
 
 @pytest.mark.parametrize("name", sorted(CLAIMED_RATIO))
