@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # train and evaluate hand every argument, --help included, to the training module.
     if argv[:1] == ["train"]:
-        from models.train import main as train
+        from models.training.command import main as train
         train(argv[1:])
         return 0
     if argv[:1] == ["evaluate"]:
-        from models.evaluate import main as evaluate
+        from models.evaluation.evaluate import main as evaluate
         evaluate(argv[1:])
         return 0
     parser = build_parser()

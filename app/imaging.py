@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.folder import to_rgb
+from models.data.folder import to_rgb
 from models.grid import make_grid, png_bytes, to_uint8
 
 # Refuse before decoding: a small file may declare a huge image (a bomb). 4096 x 4096 already let a

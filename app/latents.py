@@ -19,7 +19,8 @@ from app.errors import CapabilityError, InputError
 from app.operations import ENCODE, PROJECT
 from app.registry import ClassLatent, ServedModel
 from app.schemas import Latent, TraverseRequest
-from models.latent import PROJECTION_STEPS, lerp, projection_latents, projection_state, slerp
+from models.families.latent import lerp, slerp
+from models.families.projection import PROJECTION_STEPS, projection_latents, projection_state
 
 # How far class samples stray from the class mean at temperature 1, in class standard deviations.
 CLASS_SPREAD = 0.5

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.latent import projection_steps
+from models.families.projection import projection_steps
 
 # A bound (the ELBO) needs one posterior draw per image; a fixed seed makes the endpoint deterministic.
 NLL_SEED = 0

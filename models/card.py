@@ -23,6 +23,7 @@ MAX_CLASSES = 1000
 # so that no card can size a module beyond it.
 UNDECLARED_BOUNDS = (0, 4096)
 MAX_CHOICE = 64  # characters of a string-valued config field
+MAX_SEQUENCE = 8  # numbers in a list-valued config field
 IMAGE_CHANNELS = (1, 3)
 IMAGE_SIDE = (4, 128)  # pixels; the shipped models are 28 x 28
 
@@ -112,13 +113,22 @@ def check_config(family: str, config_class: type, config: dict) -> None:
         elif isinstance(default, (str, bool)) or default is None:  # a choice (say a loss or a norm)
             if not (value is None or isinstance(value, (str, bool))) or len(str(value)) > MAX_CHOICE:
                 raise CardError(f"{family} config {name}={value!r} is not a short string or a boolean")
+        elif isinstance(default, tuple):  # a short list of numbers (say a U-Net's width per level)
+            if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_SEQUENCE:
+                raise CardError(f"{family} config {name}={value!r} is not a list of 1 to {MAX_SEQUENCE} numbers")
+            for item in value:
+                _check_number(family, name, item, fields[name], default[0])
         else:
-            low, high = fields[name].metadata.get("bounds", UNDECLARED_BOUNDS)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or not low <= value <= high:
-                raise CardError(f"{family} config {name}={value!r} is outside [{low}, {high}]")
-            if isinstance(default, int) and not isinstance(value, int):
-                raise CardError(f"{family} config {name}={value!r} is not an integer")
+            _check_number(family, name, value, fields[name], default)
+
+
+def _check_number(family: str, name: str, value: Any, field: dataclasses.Field, default: Any) -> None:
+    low, high = field.metadata.get("bounds", UNDECLARED_BOUNDS)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or not low <= value <= high:
+        raise CardError(f"{family} config {name}={value!r} is outside [{low}, {high}]")
+    if isinstance(default, int) and not isinstance(value, int):
+        raise CardError(f"{family} config {name}={value!r} is not an integer")
 
 
 def _check_image_shape(family: str, shape: Any) -> None:

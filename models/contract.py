@@ -11,6 +11,8 @@ here and never test a family's name or probe it with `hasattr`:
   `bound_terms` gives the bound's terms), or "none".
 - `objective`: how `models.train` trains it: "loss" (it minimises `loss(x, y)`) or
   "adversarial" (the GAN game between the two nets of `adversarial_parts()`).
+- `averaged_weights`: the "loss" trainer ships an exponential moving average of the weights
+  (decay `--ema`) instead of the last step's, as diffusion models are.
 - `sequential_sampling` (one network step per pixel: a lower per-request cap, fewer evaluation
   samples), `channels_last` (the worker's memory format), `class_conditional` (requests take a
   class label), `latent_dim` (None without a latent space), `summary` (the card's one line).
@@ -51,6 +53,7 @@ class Family(nn.Module):
     likelihood: ClassVar[str] = "none"
     likelihood_method: ClassVar[str] = ""  # what the likelihood endpoint says it computed
     objective: ClassVar[str] = "loss"
+    averaged_weights: ClassVar[bool] = False  # objective "loss": ship an EMA of the weights (--ema)
     sequential_sampling: ClassVar[bool] = False
     channels_last: ClassVar[bool] = False
     class_conditional: bool = False

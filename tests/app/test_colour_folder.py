@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from apptest import PAD, b64png, encode_png, model_infos, serving
-from models import train
+from models.training import command as train
 from models.checkpoint import read_card, update_card
 from models.families import FAMILIES
 from test_api_capabilities import DESCRIPTIVE, ENDPOINTS

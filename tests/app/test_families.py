@@ -13,7 +13,7 @@ from torch import nn
 from apptest import b64png, png, serving
 from models import families
 from models.checkpoint import save_checkpoint
-from models.latent import LatentModel
+from models.families.latent import LatentModel
 
 pytestmark = pytest.mark.anyio
 

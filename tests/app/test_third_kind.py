@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from apptest import b64png, encode_png, png, serving
-from models import evaluate, families, train
+from models.evaluation import evaluate
+from models import families
+from models.training import command as train
 from models.checkpoint import load_checkpoint
 from models.data import load_dataset, to_float
 from models.grid import to_uint8
-from models.latent import LatentModel
+from models.families.latent import LatentModel
 
 ALPHA = 0.05  # the logit transform's margin: y = logit(ALPHA + (1 - 2 ALPHA) v)
 

@@ -48,7 +48,7 @@ def save_colour_dcgan(folder) -> None:
     """A tiny DCGAN at 3x32x32, untrained (random weights draw colourful noise), with class latents
     for two classes and a small latent map, so that every control of the page has something to do."""
     from models.checkpoint import save_checkpoint
-    from models.dcgan import DCGAN, DCGANConfig
+    from models.families.dcgan import DCGAN, DCGANConfig
 
     torch.manual_seed(0)
     model = DCGAN(DCGANConfig(image_shape=SHAPE, latent_dim=LATENT_DIM, generator_width=4, discriminator_width=4))

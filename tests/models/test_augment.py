@@ -4,7 +4,7 @@ and lets gradients through to the generator."""
 import pytest
 import torch
 
-from models.augment import augment, cutout, parse_policy, translation
+from models.data.augment import augment, cutout, parse_policy, translation
 
 
 def test_translation_shifts_whole_images_and_fills_with_zeros():

@@ -4,8 +4,8 @@ Colour (the R -> G -> B masks) has more tests in test_colour_autoregressive.py."
 import pytest
 import torch
 
-from models.pixelcnn import PixelCNN, PixelCNNConfig
-from models.pixelrnn import PixelRNN, PixelRNNConfig
+from models.families.pixelcnn import PixelCNN, PixelCNNConfig
+from models.families.pixelrnn import PixelRNN, PixelRNNConfig
 
 
 def pixelcnn(n_classes=0, image_shape=(1, 12, 12)) -> PixelCNN:

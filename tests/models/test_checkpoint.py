@@ -9,10 +9,10 @@ from safetensors.torch import save_file
 from models.card import UNDECLARED_BOUNDS, CardError, check_config
 from models.checkpoint import (CheckpointError, build_model, load_checkpoint, read_card, save_checkpoint, sha256_file,
                                update_card)
-from models.dcgan import DCGAN, DCGANConfig
+from models.families.dcgan import DCGAN, DCGANConfig
 from models.families import FAMILIES
-from models.pixelcnn import PixelCNN, PixelCNNConfig
-from models.vae import VAE, VAEConfig
+from models.families.pixelcnn import PixelCNN, PixelCNNConfig
+from models.families.vae import VAE, VAEConfig
 
 SMALL = [
     PixelCNN(PixelCNNConfig(channels=8, n_layers=2, head_channels=8, n_classes=10)),

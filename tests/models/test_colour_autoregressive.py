@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models.pixelcnn import PixelCNN, PixelCNNConfig
-from models.pixelrnn import PixelRNN, PixelRNNConfig
+from models.families.pixelcnn import PixelCNN, PixelCNNConfig
+from models.families.pixelrnn import PixelRNN, PixelRNNConfig
 
 
 def pixelcnn(image_shape=(3, 8, 8), **overrides) -> PixelCNN:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models import evaluate, folder, train
+from models.evaluation import evaluate
+from models.data import folder
+from models.training import command as train
 from models.checkpoint import load_checkpoint, read_card
 from models.data import DatasetError, load_dataset
 

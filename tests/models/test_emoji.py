@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from models import emoji
+from models.data import emoji
 
 
 def package(tmp_path, listing: list[dict], images: list[str]) -> str:

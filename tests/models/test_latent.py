@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.latent import projection_latents, projection_state, projection_steps
-from models.latent_map import latent_map
-from models.vae import VAE, VAEConfig
+from models.families.projection import projection_latents, projection_state, projection_steps
+from models.evaluation.latent_map import latent_map
+from models.families.vae import VAE, VAEConfig
 
 
 def project(decode, images: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
@@ -78,7 +78,7 @@ def test_latent_map_is_the_pca_plane_of_the_encoder_means():
 def test_a_mixture_prior_fits_fewer_codes_than_it_has_components():
     """A small folder may hold fewer training images than the prior has components: EM starts
     some components on the same code, and the fit is still a proper density over the codes."""
-    from models.mixture import GaussianMixture
+    from models.families.mixture import GaussianMixture
 
     codes = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
     prior = GaussianMixture(dim=3, components=10)

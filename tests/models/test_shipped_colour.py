@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models import baselines, evaluate
+from models.evaluation import baselines
+from models.evaluation import evaluate
 from models.checkpoint import load_checkpoint
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import baselines, evaluate
+from models.evaluation import baselines
+from models.evaluation import evaluate
 from models.checkpoint import load_checkpoint, sha256_file
 from models.data import FASHION_MNIST_CLASSES, load_dataset, to_float
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models import baselines, evaluate, train
+from models.evaluation import baselines
+from models.evaluation import evaluate
+from models.training import command as train
 from models.checkpoint import CheckpointError, build_model, load_checkpoint, read_card
 from models.data import load_dataset, to_float
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from models.classifier import Classifier, ClassifierConfig
-from models.dcgan import DCGAN, DCGANConfig
-from models.vae import VAE, VAEConfig, discretized_logistic_log_prob
+from models.families.classifier import Classifier, ClassifierConfig
+from models.families.dcgan import DCGAN, DCGANConfig
+from models.families.discretized_logistic import discretized_logistic_log_prob
+from models.families.vae import VAE, VAEConfig
 
 
 def test_discretized_logistic_is_a_distribution_over_the_256_levels():
@@ -84,7 +85,7 @@ def test_classifier_features_and_logits():
 
 
 def test_slerp_keeps_the_ends_and_the_norm_of_orthogonal_latents():
-    from models.latent import lerp, slerp
+    from models.families.latent import lerp, slerp
     a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
     path = slerp(a, b, torch.linspace(0, 1, 5))
     torch.testing.assert_close(path[0], a)

@@ -29,7 +29,9 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from models.card import IMAGE_SIDE
-from models.data import FOLDER, DatasetError, ImageDataset
+from models.data.dataset import DatasetError, ImageDataset
+
+FOLDER = "folder"  # the data set's name in cards and flags
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")

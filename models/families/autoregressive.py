@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.contract import Family
-from models.layers import colour_conv
+from models.families.masked_conv import colour_conv
 
 
 def softmax_head(channels: int, head_channels: int, image_channels: int, levels: int) -> nn.Sequential:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.card import MAX_CLASSES, MAX_LATENT_DIM
-from models.latent import LatentModel, check_resolution, resolution_stages
+from models.families.latent import ClassCodedLatent, check_resolution, resolution_stages
 
 
 @dataclass
@@ -124,7 +124,7 @@ class Discriminator(nn.Module):
         return logits
 
 
-class DCGAN(LatentModel):
+class DCGAN(ClassCodedLatent):
     """Both nets; only the generator is needed to serve, and it is all `decode` and `sample` use."""
 
     family = "dcgan"
@@ -154,34 +154,8 @@ class DCGAN(LatentModel):
         z = torch.randn(labels.shape[0], self.config.noise_dim, generator=noise)
         return z, (labels if self.config.n_classes else None)
 
-    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Unconditional: N(0, T^2 I). Conditional: the noise N(0, T^2 I), then a class drawn by
-        `class_prior`, whose embedding completes the latent."""
-        if not self.config.n_classes:
-            return super().sample_latents(n, generator, temperature)
-        noise = torch.randn(n, self.config.noise_dim, generator=generator) * temperature
-        labels = torch.multinomial(self.class_prior.cpu(), n, replacement=True, generator=generator)
-        return torch.cat([noise, self.class_codes()[labels]], dim=1)
-
     def class_codes(self) -> torch.Tensor:
-        """The class embeddings [n_classes, class_dim], on the CPU (where latents are drawn)."""
         return self.generator.class_embedding.weight.detach().cpu()
-
-    def declared_class_latents(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Conditional: class k's latents are exactly (noise ~ N(0, I), embedding k)."""
-        if not self.config.n_classes:
-            return None
-        noise_dim = self.config.noise_dim
-        std = torch.cat([torch.ones(noise_dim), torch.zeros(self.config.class_dim)])
-        return [(torch.cat([torch.zeros(noise_dim), code]), std) for code in self.class_codes()]
-
-    def fit_after_training(self, images: torch.Tensor, labels: torch.Tensor, quiet: bool = False) -> dict:
-        """Conditional: the prior's class frequencies, counted in the training labels."""
-        if not self.config.n_classes:
-            return {}
-        counts = torch.bincount(labels, minlength=self.config.n_classes).double()
-        self.class_prior.copy_((counts / counts.sum()).to(self.class_prior))
-        return {"class_prior": [round(float(p), 4) for p in self.class_prior]}
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, latent_dim] -> images, float [B, C, H, W] in [0, 1]."""

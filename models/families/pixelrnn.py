@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
+from models.families.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
 from models.card import MAX_CLASSES
-from models.layers import (MaskedConv2d, check_colour_widths, colour_conv, colour_groups, colour_mask, colour_slices,
+from models.families.masked_conv import (MaskedConv2d, check_colour_widths, colour_conv, colour_groups, colour_mask, colour_slices,
                            tap_mask)
 
 

@@ -80,52 +80,38 @@ class LatentModel(Family):
         return self.decode(self.latents_for_seeds(seeds, temperature).to(next(self.parameters()).device))
 
 
-# -- projection: an image's latent for a model that has only a decoder ------------------------------
-#
-# A GAN has no encoder, so an image becomes a latent by optimisation (Zhu et al. 2016, "Generative
-# Visual Manipulation on the Natural Image Manifold"): minimise the per-pixel squared error of
-# decode(z) against the image, plus a small pull towards the prior's typical set, with Adam from a
-# fixed start for a fixed number of steps. No randomness: the same image gives the same z. Each
-# image's loss is summed, not averaged, over the batch, so one image's z never depends on the
-# others'. The state (z and Adam's two moments) is explicit, so that a caller can run the steps
-# in slices and let other work in between.
 
-PROJECTION_STEPS = 100
-PROJECTION_LR = 0.1
-PROJECTION_PRIOR_WEIGHT = 1e-3  # times mean(z^2): keeps z near the N(0, I) shell decode was trained on
-_BETAS = (0.9, 0.999)
-_EPS = 1e-8
+class ClassCodedLatent(LatentModel):
+    """A latent model whose latent ends in a class code (BigGAN's shared embedding): with
+    `config.n_classes > 0` the latent is `config.noise_dim` N(0, I) numbers, then the
+    `config.class_dim` numbers of the class's code, `class_codes()[k]`; the prior draws a class by
+    `class_prior` (a buffer the subclass registers, counted from the training labels)."""
 
+    def class_codes(self) -> torch.Tensor:
+        """The class codes [n_classes, class_dim], on the CPU (where latents are drawn)."""
+        raise NotImplementedError
 
-def projection_state(start: torch.Tensor) -> torch.Tensor:
-    """The state of a projection from latents `start` [B, d]: [B, 3d] = (z, Adam m, Adam v)."""
-    return torch.cat([start, torch.zeros_like(start), torch.zeros_like(start)], dim=1)
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Unconditional: N(0, T^2 I). Conditional: the noise N(0, T^2 I), then a class drawn by
+        `class_prior`, whose code completes the latent."""
+        if not self.config.n_classes:
+            return super().sample_latents(n, generator, temperature)
+        noise = torch.randn(n, self.config.noise_dim, generator=generator) * temperature
+        labels = torch.multinomial(self.class_prior.cpu(), n, replacement=True, generator=generator)
+        return torch.cat([noise, self.class_codes()[labels]], dim=1)
 
+    def declared_class_latents(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Conditional: class k's latents are exactly (noise ~ N(0, I), code k)."""
+        if not self.config.n_classes:
+            return None
+        noise_dim = self.config.noise_dim
+        std = torch.cat([torch.ones(noise_dim), torch.zeros(self.config.class_dim)])
+        return [(torch.cat([torch.zeros(noise_dim), code]), std) for code in self.class_codes()]
 
-def projection_latents(state: torch.Tensor) -> torch.Tensor:
-    """The latents [B, d] of a projection state [B, 3d]."""
-    return state[:, : state.shape[1] // 3]
-
-
-def projection_steps(decode, images: torch.Tensor, state: torch.Tensor, first_step: int, steps: int) -> torch.Tensor:
-    """Advance a projection of `images` [B, C, H, W] in [0, 1] by `steps` Adam steps, the first of
-    which is step `first_step` (0-based) of the whole run; returns the new state. Needs autograd
-    (works inside torch.inference_mode: it leaves it) and only ever calls decode(z)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        target = images.clone()
-        z, m, v = (part.clone() for part in state.chunk(3, dim=1))
-        for step in range(first_step + 1, first_step + steps + 1):
-            z.requires_grad_(True)
-            loss = projection_loss(decode(z), target, z).sum()
-            (grad,) = torch.autograd.grad(loss, z)
-            z = z.detach()
-            m = _BETAS[0] * m + (1 - _BETAS[0]) * grad
-            v = _BETAS[1] * v + (1 - _BETAS[1]) * grad * grad
-            m_hat, v_hat = m / (1 - _BETAS[0] ** step), v / (1 - _BETAS[1] ** step)
-            z = z - PROJECTION_LR * m_hat / (v_hat.sqrt() + _EPS)
-        return torch.cat([z, m, v], dim=1).detach()
-
-
-def projection_loss(decoded: torch.Tensor, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Per image [B]: mean squared pixel error, plus the prior pull."""
-    return (decoded - images).pow(2).flatten(1).mean(1) + PROJECTION_PRIOR_WEIGHT * z.pow(2).mean(1)
+    def fit_after_training(self, images: torch.Tensor, labels: torch.Tensor, quiet: bool = False) -> dict:
+        """Conditional: the prior's class frequencies, counted in the training labels."""
+        if not self.config.n_classes:
+            return {}
+        counts = torch.bincount(labels, minlength=self.config.n_classes).double()
+        self.class_prior.copy_((counts / counts.sum()).to(self.class_prior))
+        return {"class_prior": [round(float(p), 4) for p in self.class_prior]}

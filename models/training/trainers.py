@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.augment import augment, parse_policy
+from models.data.augment import augment, parse_policy
 from models.checkpoint import build_model
 from models.contract import Family
 
@@ -66,8 +66,34 @@ def trainable_parameters(model: nn.Module, prefix: str | None) -> list[nn.Parame
     return chosen
 
 
+class WeightAverage:
+    """An exponential moving average of a module's parameters, warmed up as TensorFlow's
+    num_updates rule does (decay min(decay, (1 + t) / (10 + t)) at update t) so that early exports
+    are not dominated by the initial weights."""
+
+    def __init__(self, module: nn.Module, copy: nn.Module, decay: float):
+        self.module, self.average, self.decay, self.updates = module, copy, decay, 0
+        self.average.load_state_dict(module.state_dict())
+        self.average.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for p_average, p in zip(self.average.parameters(), self.module.parameters()):
+            p_average.lerp_(p, 1 - decay)
+
+    def state_dict(self) -> dict:
+        return {"ema": self.average.state_dict(), "ema_updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average.load_state_dict(state["ema"])
+        self.updates = state.get("ema_updates", 10 ** 9)  # states saved before the warm-up: none
+
+
 class LossTrainer:
-    """A family with a `loss(x, y)`: one loss, one Adam."""
+    """A family with a `loss(x, y)`: one loss, one Adam; where the family declares
+    `averaged_weights`, an EMA of the weights is what ships."""
 
     def __init__(self, model: nn.Module, args, distributed: bool):
         self.model = model
@@ -77,6 +103,10 @@ class LossTrainer:
         self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(args.beta1, 0.999))
         self.grad_clip = args.grad_clip
         self.args = args
+        self.average = None
+        if model.averaged_weights:
+            copy = build_model(model.family, dataclasses.asdict(model.config)).to(args.device)
+            self.average = WeightAverage(model, copy, args.ema)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
         self.model.train()
@@ -87,20 +117,34 @@ class LossTrainer:
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return {"loss": loss.item(), **logs}
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        average = self.average.state_dict() if self.average is not None else {}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **average}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            if "ema" in state:
+                self.average.load_state_dict(state)
+            else:  # a state saved without an average: it starts from the weights
+                self.average = WeightAverage(self.model, self.average.average, self.average.decay)
 
+    @torch.no_grad()
     def export(self) -> nn.Module:
-        return self.model
+        if self.average is None:
+            return self.model
+        # Buffers are not averaged: the shipped copy takes the model's (a fitted class prior, say).
+        for average_buffer, buffer in zip(self.average.average.buffers(), self.model.buffers()):
+            average_buffer.copy_(buffer)
+        return self.average.average.eval()
 
 
 class GANTrainer:
@@ -118,10 +162,8 @@ class GANTrainer:
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
         self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
         self.hinge = args.gan_loss == "hinge"
-        self.ema = build_model(model.family, dataclasses.asdict(model.config)).adversarial_parts()[0].to(args.device)
-        self.ema.load_state_dict(generator.state_dict())
-        self.ema_decay = args.ema
-        self.ema_updates = 0
+        ema = build_model(model.family, dataclasses.asdict(model.config)).adversarial_parts()[0].to(args.device)
+        self.average = WeightAverage(generator, ema, args.ema)
         self.augmentation = parse_policy(args.augment)
         self.args = args
 
@@ -152,13 +194,7 @@ class GANTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        # The average warms up (TensorFlow's num_updates rule) so that early exports are not
-        # dominated by the initial weights: decay min(ema, (1 + t) / (10 + t)) at update t.
-        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
-        self.ema_updates += 1
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.model.adversarial_parts()[0].parameters()):
-                p_ema.lerp_(p, 1 - decay)
+        self.average.update()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
                 "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
 
@@ -173,24 +209,23 @@ class GANTrainer:
         return [self.opt_g, self.opt_d]
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "ema_updates": self.ema_updates,
+        return {"model": self.model.state_dict(), **self.average.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.ema_updates = state.get("ema_updates", 10 ** 9)  # states saved before the warm-up: none
+        self.average.load_state_dict(state)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
 
     @torch.no_grad()
     def export(self, batches: int = 50, batch_size: int = 256) -> nn.Module:
         """A DCGAN whose generator is the EMA one, with batchnorm statistics measured on it."""
-        device = next(self.ema.parameters()).device
+        device = next(self.average.average.parameters()).device
         exported = build_model(self.model.family, dataclasses.asdict(self.model.config)).to(device)
         exported.load_state_dict(self.model.state_dict())
         generator = exported.adversarial_parts()[0]
-        generator.load_state_dict(self.ema.state_dict())
+        generator.load_state_dict(self.average.average.state_dict())
         generator.train()
         for module in generator.modules():
             if isinstance(module, nn.BatchNorm2d):

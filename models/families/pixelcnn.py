@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
+from models.families.autoregressive import AutoregressiveModel, HeadStep, PixelPush, RowConv, softmax_head
 from models.card import MAX_CLASSES
-from models.layers import GatedBlock, check_colour_widths, colour_slices
+from models.families.masked_conv import GatedBlock, check_colour_widths, colour_slices
 
 
 @dataclass

@@ -1,9 +1,5 @@
-"""Image datasets as uint8 tensors: IDX files (the MNIST family's format) and folders of images.
-
-Fashion-MNIST is the default and is found where Debian's `dataset-fashion-mnist` package puts it.
-MNIST is read from a folder of IDX files; `download_mnist` fetches them only when a user asks.
-`folder` is a folder of your own images, read by `models.folder`.
-"""
+"""The MNIST family's IDX files: Fashion-MNIST where Debian's `dataset-fashion-mnist` puts it, and
+MNIST, which `download_mnist` fetches only when a user asks (`python -m models.data download mnist`)."""
 
 from __future__ import annotations
 
@@ -12,11 +8,12 @@ import os
 import struct
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.data.dataset import DatasetError, ImageDataset
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -29,8 +26,6 @@ DEFAULT_DIRS = {
     "mnist": Path(os.path.expanduser("~/.cache/genserve/mnist")),
 }
 CLASSES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES}
-FOLDER = "folder"
-DATASETS = [*CLASSES, FOLDER]
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -39,32 +34,6 @@ MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 
 # IDX type codes (the third byte of the magic number) and the numpy dtype each stands for.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or malformed; the message says what to do about it."""
-
-
-@dataclass
-class ImageDataset:
-    """Images as uint8 [N, C, H, W] with int64 labels and the names of the classes."""
-
-    name: str
-    split: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]  # empty for unlabelled data (every label 0)
-    # What transparency was composited on: the IDX sets have none and black grounds; a folder's
-    # images are composited on white (models.folder).
-    background: str = "black"
-    files: list[str] = field(default_factory=list)  # a folder's images, relative to it, in order
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -102,25 +71,8 @@ def _find(data_dir: Path, stem: str) -> Path:
     raise DatasetError(f"{stem}[.gz] not found in {data_dir}")
 
 
-def load_dataset(name: str = "fashion-mnist", split: str = "train", data_dir: str | Path | None = None,
-                 limit: int | None = None, *, image_size: int | None = None, channels: int | None = None,
-                 cache_dir: str | Path | None = None, quiet: bool = False) -> ImageDataset:
-    """Load a split of a known dataset as uint8 images [N, C, H, W] and labels: [N, 1, 28, 28] for
-    the IDX sets, [N, C, image_size, image_size] for a folder (`models.folder`, which alone reads
-    `image_size`, `channels`, `cache_dir` and `quiet`).
-
-    `limit` keeps the first images only (for smoke tests and tiny training runs).
-    """
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {DATASETS}")
-    if split not in SPLIT_FILES:
-        raise DatasetError(f"unknown split {split!r}; known: {sorted(SPLIT_FILES)}")
-    if name == FOLDER:
-        from models.folder import load_folder  # it builds on this module's types
-
-        return load_folder(data_dir, split, image_size, channels, limit, cache_dir, quiet)
-    if image_size is not None or channels is not None:
-        raise DatasetError(f"{name} is 28x28 gray: --image-size and --channels are for --dataset folder")
+def load_idx_dataset(name: str, split: str, data_dir: str | Path | None, limit: int | None) -> ImageDataset:
+    """A split of an IDX set as uint8 images [N, 1, 28, 28] and labels."""
     directory = Path(data_dir) if data_dir else DEFAULT_DIRS[name]
     if not directory.is_dir():
         hint = {
@@ -152,23 +104,6 @@ def load_dataset(name: str = "fashion-mnist", split: str = "train", data_dir: st
     )
 
 
-def dataset_of_card(card: dict, split: str, data_dir: str | Path | None = None, limit: int | None = None,
-                    cache_dir: str | Path | None = None, quiet: bool = False) -> ImageDataset:
-    """A split of the data a checkpoint was trained on, as its card records it (a folder: its
-    path, unless `data_dir` names where it is now, at the size and channels of the model)."""
-    name = card.get("dataset") or "fashion-mnist"
-    if name != FOLDER:
-        return load_dataset(name, split, data_dir, limit)
-    channels, size, _ = card["image_shape"]
-    return load_dataset(FOLDER, split, data_dir or card.get("data_dir"), limit, image_size=size, channels=channels,
-                        cache_dir=cache_dir, quiet=quiet)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [0, 1], the convention every model's inputs and outputs use."""
-    return images.float().div_(255.0)
-
-
 def download_mnist(data_dir: str | Path = DEFAULT_DIRS["mnist"], mirror: str = MNIST_MIRROR) -> Path:
     """Fetch MNIST's four IDX files into `data_dir` (only when a user asks for it)."""
     data_dir = Path(data_dir)
@@ -190,18 +125,3 @@ def download_mnist(data_dir: str | Path = DEFAULT_DIRS["mnist"], mirror: str = M
             target.write_bytes(payload)
             read_idx(target)  # fail now, not at training time, on a bad download
     return data_dir
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Dataset utilities.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    dl = sub.add_parser("download", help="download a dataset that is not packaged (mnist)")
-    dl.add_argument("name", choices=["mnist"])
-    dl.add_argument("--data-dir", default=str(DEFAULT_DIRS["mnist"]))
-    args = parser.parse_args()
-    try:
-        print(download_mnist(args.data_dir))
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}")
