@@ -69,10 +69,13 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 # GENSERVE_WORKERS overrides. Shell form so the count and the server's guards are taken from the
 # settings at start (`python -m app.server` prints them as flags: the header and body read
 # deadlines, keep-alive, the connection cap and the grace after SIGTERM,
-# GENSERVE_GRACEFUL_TIMEOUT_S); `exec` makes uvicorn PID 1, so `docker stop` reaches it and it
-# drains in-flight requests. Give the container's stop timeout (Docker: 10 s; Kubernetes:
-# terminationGracePeriodSeconds) at least that grace.
-# hadolint ignore=DL3025,SC2046
-CMD exec uvicorn app.main:app --host 0.0.0.0 --port 8000 \
+# GENSERVE_GRACEFUL_TIMEOUT_S). The guards are read first, and a setting they refuse stops the
+# start with its one-line error: inside `$(...)` on uvicorn's line a failure expanded to nothing,
+# and uvicorn served without them (issue 37). `exec` makes uvicorn PID 1, so `docker stop`
+# reaches it and it drains in-flight requests. Give the container's stop timeout (Docker: 10 s;
+# Kubernetes: terminationGracePeriodSeconds) at least that grace.
+# hadolint ignore=DL3025
+CMD guards="$(python -m app.server)" || exit; \
+    exec uvicorn app.main:app --host 0.0.0.0 --port 8000 \
     --workers "${GENSERVE_WORKERS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}" \
-    $(python -m app.server)
+    $guards

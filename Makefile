@@ -21,9 +21,10 @@ test: setup-dev
 image-test: setup-dev
 	GENSERVE_IMAGE_TEST=1 $(VENV)/bin/python -m pytest -s tests/deploy/test_image.py
 
-# Reproduce the shipped weights (hours on a CPU; see the cards for the commands and times).
+# Reproduce the shipped weights (hours on a CPU; see the cards for the commands and times): each run
+# replaces the shipped weights/NAME (--overwrite), or continues its own run in runs/NAME (--resume).
 train-all: setup
-	for m in classifier dcgan vae pixelcnn pixelrnn; do $(VENV)/bin/python -m models.train $$m --resume || exit 1; done
+	for m in classifier dcgan vae pixelcnn pixelrnn; do $(VENV)/bin/python -m models.train $$m --resume --overwrite || exit 1; done
 
 evaluate-all: setup
 	$(VENV)/bin/python -m models.evaluate weights/classifier weights/pixelcnn weights/pixelrnn weights/vae weights/dcgan

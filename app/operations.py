@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.contract import Progress
 from models.families.projection import projection_steps
 
 # A bound (the ELBO) needs one posterior draw per image; a fixed seed makes the endpoint deterministic.
@@ -28,8 +29,17 @@ class Operation:
     batchable: bool = True
 
 
-def _decode(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    return module.decode(z)
+def _sampler_options(steps: int | None, on_progress: Progress | None) -> dict:
+    """The sampler's keyword arguments that a request set: a family that takes no steps or
+    reports no progress is never given them (the plans refuse such requests)."""
+    return {key: value for key, value in (("steps", steps), ("on_progress", on_progress)) if value is not None}
+
+
+def _decode(module: nn.Module, z: torch.Tensor, *, steps: int | None = None,
+            on_progress: Progress | None = None) -> torch.Tensor:
+    """`on_progress(i, images)` (the event stream) sees each step; a job that has it is never
+    merged with another (its parameters differ)."""
+    return module.decode(z, **_sampler_options(steps, on_progress))
 
 
 def _encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -37,18 +47,19 @@ def _encode(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return mean
 
 
+def _invert(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return module.invert(images)
+
+
 def _sample(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, *, temperature: float,
-            on_row: Callable[[int, torch.Tensor], bool] | None = None) -> torch.Tensor:
-    """`on_row(i, images)` (the event stream) sees each finished row; a job that has it is never
-    merged with another (its parameters differ)."""
-    return module.sample_from_noise(noise, temperature, cond, on_row=on_row)
+            steps: int | None = None, on_progress: Progress | None = None) -> torch.Tensor:
+    return module.sample_from_noise(noise, temperature, cond, **_sampler_options(steps, on_progress))
 
 
-def _complete(module: nn.Module, noise: torch.Tensor, cond: torch.Tensor | None, class_u: torch.Tensor | None,
-              images: torch.Tensor, known: torch.Tensor, *, temperature: float) -> torch.Tensor:
-    if class_u is not None:  # a conditional model, no class asked for: the kept rows choose it
-        cond = module.class_from_uniform(images, known, class_u)
-    return module.sample_from_noise(noise, temperature, cond, x=images, known_mask=known)
+def _complete(module: nn.Module, images: torch.Tensor, known: torch.Tensor, *noise: torch.Tensor | None,
+              temperature: float) -> torch.Tensor:
+    """`noise`: the family's `completion_noise_for_seeds` tuple, each part batched."""
+    return module.complete_from_noise(images, known, noise, temperature)
 
 
 def _project(module: nn.Module, images: torch.Tensor, state: torch.Tensor, *, first_step: int,
@@ -64,7 +75,8 @@ def _nll(module: nn.Module, images: torch.Tensor, cond: torch.Tensor | None) -> 
 
 DECODE = Operation("decode", _decode)
 ENCODE = Operation("encode", _encode)
-SAMPLE_PIXELS = Operation("sample_pixels", _sample)
+INVERT = Operation("invert", _invert)
+SAMPLE = Operation("sample", _sample)
 COMPLETE = Operation("complete", _complete)
 # Not batchable: merged with other images, a projection's floats would change in their last bits.
 PROJECT = Operation("project", _project, batchable=False)

@@ -1,6 +1,7 @@
 """The models the service serves: every checkpoint folder under the weights directory.
 
-A folder that fails to load is logged and remembered (GET /readyz lists it); the others serve.
+A folder that fails to load is logged and remembered (GET /readyz lists it); the others serve, and
+a model that served before keeps serving its last good version until a new one loads.
 Folders of families that declare no capabilities (the evaluation classifier) are skipped. What a
 model can do, and what it costs, its family declares (`models/`); nothing here names a family.
 """
@@ -21,18 +22,13 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, load_checkpoint, read_card
 from models.families import FAMILIES
+from models.inference import ClassLatent, card_class_latents
 
 log = logging.getLogger("genserve.registry")
 
 
 class UnknownModel(KeyError):
     pass
-
-
-@dataclass
-class ClassLatent:
-    mean: torch.Tensor
-    std: torch.Tensor
 
 
 @dataclass
@@ -94,6 +90,8 @@ class ServedModel:
             "image_shape": list(self.image_shape),
             "background": self.background,
             "latent_dim": self.latent_dim,
+            "sampling": self.module.sampling,
+            "sampling_steps": list(self.module.sampling_steps() or ()) or None,
             "classes": self.classes,
             "conditional": self.conditional,
             "capabilities": list(self.capabilities),
@@ -109,33 +107,9 @@ class ServedModel:
         }
 
 
-def _class_latents(card: dict, latent_dim: int) -> dict[str, ClassLatent]:
-    """The card's per-class latent mean and std as tensors, checked against the model."""
-    result = {}
-    for name, entry in (card.get("class_latents") or {}).items():
-        if name not in card.get("classes", []):
-            raise CheckpointError(f"class_latents names {name!r}, which is not one of the card's classes")
-        try:
-            mean, std = (torch.tensor(entry[key], dtype=torch.float32) for key in ("mean", "std"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"class_latents[{name!r}] needs 'mean' and 'std' lists of numbers ({e})") from e
-        if mean.shape != (latent_dim,) or std.shape != (latent_dim,):
-            raise CheckpointError(f"class_latents[{name!r}] is not {latent_dim} numbers long")
-        if not (mean.isfinite().all() and std.isfinite().all()):
-            raise CheckpointError(f"class_latents[{name!r}] holds non-finite numbers")
-        result[name] = ClassLatent(mean, std)
-    return result
-
-
 def load_model(directory: Path, device: torch.device) -> ServedModel:
     module, card = load_checkpoint(directory, device)  # the card is validated by models.card
-    served = ServedModel(directory.name, module, card)
-    if served.latent_dim is not None:
-        served.class_latents = _class_latents(card, served.latent_dim)
-    n_classes = module.config.n_classes if module.class_conditional else 0
-    if n_classes and n_classes != len(served.classes):
-        raise CheckpointError(f"the model has {n_classes} classes but the card names {len(served.classes)}")
-    return served
+    return ServedModel(directory.name, module, card, card_class_latents(module, card))
 
 
 def servable(family: str) -> bool:
@@ -169,7 +143,8 @@ class Registry:
         self.failed: dict[str, str] = {}
         self.loaded = False
         self._loading = threading.Lock()
-        self._reloading: asyncio.Future | None = None
+        self._running: asyncio.Task | None = None  # the reload whose load runs
+        self._queued: asyncio.Task | None = None  # the one reload that waits for it
 
     def load(self) -> None:
         """Load every servable checkpoint; swap the new set in at once so readers never see half;
@@ -182,20 +157,30 @@ class Registry:
             freeze_heap()
 
     async def reload(self) -> None:
-        """`load` in a thread, coalesced: a reload asked for while one runs waits for that one and
-        starts none of its own (32 at once ran 32 loads one after another, each holding a copy of
-        every model)."""
-        if self._reloading is None:
-            self._reloading = asyncio.ensure_future(run_in_threadpool(self.load))
-            self._reloading.add_done_callback(self._reloaded)
-        await asyncio.shield(self._reloading)
+        """`load` in a thread, after the load under way if there is one: a reload asked for while
+        one runs waits for the next one, which starts after it and reads the folders afresh (so
+        its answer reflects every change made before it was asked for). Those asked for meanwhile
+        share that next one: at most one load is queued (32 at once ran 32 loads one after another,
+        each holding a copy of every model)."""
+        if self._queued is None:
+            self._queued = asyncio.ensure_future(self._load_after(self._running))
+        await asyncio.shield(self._queued)
 
-    def _reloaded(self, _: asyncio.Future) -> None:
-        self._reloading = None
+    async def _load_after(self, running: asyncio.Task | None) -> None:
+        if running is not None:
+            await asyncio.wait([running])  # whatever its outcome
+        self._running, self._queued = asyncio.current_task(), None  # from now on a new reload queues anew
+        try:
+            await run_in_threadpool(self.load)
+        finally:
+            if self._running is asyncio.current_task():
+                self._running = None
 
     def _load(self) -> None:
         models, failed = {}, {}
-        folders = sorted(p for p in self.weights_dir.iterdir() if p.is_dir()) if self.weights_dir.is_dir() else []
+        # Hidden folders are versions a save is writing or removing (models.checkpoint_files).
+        folders = sorted(p for p in self.weights_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.weights_dir.is_dir() else []
         if not folders:
             failed["*"] = "no checkpoint folders in the weights directory"
             log.error("no checkpoint folders", extra={"weights_dir": str(self.weights_dir.resolve())})
@@ -207,7 +192,13 @@ class Registry:
             # One bad folder, whatever is wrong with it, never keeps the others from serving.
             except (CheckpointError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
                 failed[folder.name] = _public_reason(e, folder)
-                log.error("checkpoint failed to load", extra={"model": folder.name, "error": str(e)})
+                serving = self.models.get(folder.name)
+                if serving is not None:  # a new version that fails never takes the last good one out of service
+                    models[folder.name] = serving
+                    failed[folder.name] += (f"; still serving its previous version "
+                                            f"(sha256 {serving.card['sha256'][:12]}...)")
+                log.error("checkpoint failed to load", extra={"model": folder.name, "error": str(e),
+                                                              "serving_previous": serving is not None})
         self.models, self.failed, self.loaded = models, failed, True
         log.info("models loaded", extra={"models": sorted(models), "failed": sorted(failed),
                                          "device": str(self.device)})

@@ -14,14 +14,15 @@ from typing import Annotated, Any, Callable, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from models.card import MAX_LATENT_DIM
-
 SEED_MAX = 2**63 - 1
 LATENT_KINDS = ("seed", "seeds", "vector", "class", "image")
 # The static caps on lists: seeds in one latent and terms of one sum (the max_terms setting may only
-# lower it), and a latent vector (no model may declare a larger latent, see models.card).
+# lower it), and a latent vector. MAX_LIST vectors of MAX_VECTOR numbers must stay within the JSON
+# value budget (app.middleware.MAX_JSON_VALUES), so a model whose latent is longer (a diffusion
+# model's noise image in colour, up to models.card.MAX_LATENT_DIM) takes its latents by seed, class
+# or image over HTTP, and as vectors from Python.
 MAX_LIST = 64
-MAX_VECTOR = MAX_LATENT_DIM
+MAX_VECTOR = 1024
 
 LATENT_MAX = 1e4
 
@@ -126,6 +127,8 @@ class SamplesRequest(Body):
     class_: ClassName | None = Field(None, alias="class", description="PixelCNN, PixelRNN: the conditioning label; "
                                      "VAE/DCGAN: z = mean_c + temperature * 0.5 * std_c * eps")
     nrow: int | None = Field(None, ge=1, description="images per grid row; default ceil(sqrt(n))")
+    steps: int | None = Field(None, ge=1, description="the sampler's steps, for a model that takes them "
+                              "(diffusion: DDIM steps; its default in /v1/models as sampling_steps)")
 
 
 class SamplesQuery(SamplesRequest):
@@ -301,7 +304,11 @@ class ModelInfo(BaseModel):
     image_shape: list[int] = Field(description="[C, H, W]")
     background: Literal["black", "white"] = Field(
         "black", description="what the training images stand on; an upload's transparency is composited on it")
-    latent_dim: int | None = Field(description="null for autoregressive models (PixelCNN, PixelRNN)")
+    latent_dim: int | None = Field(description="null for models that do not sample from a latent (PixelCNN, PixelRNN)")
+    sampling: Literal["latent", "noise"] | None = Field(
+        None, description="how it samples: a latent through a decoder, or its own noise by its own procedure")
+    sampling_steps: list[int] | None = Field(
+        None, description="[default, most] steps a samples request may ask for (its `steps`); null: it takes none")
     classes: list[str]
     conditional: bool = Field(description="whether samples take a class")
     capabilities: list[str]

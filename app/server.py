@@ -17,6 +17,12 @@ service's JSON 503 and Retry-After, is the app's (`app.middleware.InFlightLimit`
 
 Each connection's transport is a `CoalescingTransport`: a response leaves in one send(), not two.
 
+An answer that begins before the request's body has all come in (the 413 of a Content-Length past
+the limit, the 503 at the cap, a 404) closes the connection after it (`Connection: close`), as
+nginx does: the rest of the connection's bytes cannot be told from that body (a client waiting on
+`Expect: 100-continue` sends its next request instead), and no second answer, such as the body
+deadline's 408, is ever written after a response (issue 37).
+
 httptools is the default parser: its C parser takes about 12 % off the server's CPU per request
 at concurrency 32 against h11's pure Python (docs/benchmarks.md); `http_parser=h11` remains.
 `genserve serve` builds it from its settings (`uvicorn_config`). Under the uvicorn command (say
@@ -33,13 +39,14 @@ import heapq
 import itertools
 import json
 import re
+import sys
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.config import Settings
+from app.config import Settings, SettingsError, load_settings
 from app.middleware import BASIC_SECURITY_HEADERS
 
 HEADERS, BODY = "headers", "body"
@@ -127,6 +134,7 @@ class _Deadlines:
             self.header_timeout_s, self.body_timeout_s, self.max_header_bytes = _limits_from_environment()
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._watched = None  # the last request cycle whose early answer closes the connection
         self._responded = 0  # when its last response completed, in `_RESPONSES`' order
         # The connection cap is kept here (see the module's docstring), not by uvicorn's check.
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
@@ -172,10 +180,30 @@ class _Deadlines:
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+        cycle = self.cycle
+        if self._phase == HEADERS:  # a request's head: answerable unless an earlier answer is still due
+            unanswered = cycle is None or cycle.response_complete
+        else:  # the body of `cycle`'s request: answerable unless it has been answered
+            unanswered = not cycle.response_started
+        if unanswered and not getattr(self, "pipeline", None):  # (httptools' queue of requests in line)
             self._refuse(408, "Request Timeout", f"the request's {self._phase} did not arrive in time")
         else:
-            self.transport.close()  # the app, if it waits for the body, sees a disconnect
+            self.transport.close()  # never a second answer; the app, if it waits for the body, sees a disconnect
+
+    def _watch_early_answer(self) -> None:
+        """Make the current request's answer close the connection if it begins before the request's
+        body is all in (see the module's docstring)."""
+        cycle = self.cycle
+        if cycle is None or cycle is self._watched:
+            return
+        self._watched = cycle
+        send = cycle.send
+
+        async def send_closing_if_unread(message) -> None:
+            if message["type"] == "http.response.start" and cycle.more_body:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+        cycle.send = send_closing_if_unread  # looked up when the request's task starts, after this
 
     def _refuse_large_head(self) -> None:
         self._set_phase(None)
@@ -248,6 +276,7 @@ class GuardedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self._watch_early_answer()
         self._header_bytes = 0
         self._set_phase(BODY)
 
@@ -273,6 +302,7 @@ class GuardedH11Protocol(_Deadlines, H11Protocol):
                 self._refuse_large_head()
                 return
         super().handle_events()
+        self._watch_early_answer()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -298,7 +328,7 @@ PROTOCOLS = {"httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}  
 
 @functools.cache
 def _limits_from_environment() -> tuple[float, float, int]:
-    settings = Settings()
+    settings = load_settings()
     return settings.header_timeout_s, settings.body_timeout_s, settings.max_header_bytes
 
 
@@ -328,4 +358,8 @@ def uvicorn_flags(settings: Settings) -> str:
 
 
 if __name__ == "__main__":
-    print(uvicorn_flags(Settings()))
+    try:
+        flags = uvicorn_flags(load_settings())
+    except SettingsError as e:  # one line, and a failing status that stops the container's start
+        sys.exit(f"genserve: error: {e}")
+    print(flags)

@@ -14,6 +14,12 @@ loop only queues jobs and awaits their futures, which the thread completes with
 A full queue is refused at once (the route answers 503) rather than growing memory; a job whose
 request timed out or went away leaves the queue at once, freeing its slot, and is never run.
 
+A failed forward pass fails its requests, never the thread. Should the thread itself die (a bug),
+it is logged, what waits and what comes after is refused (503), and `failure` says why: /healthz
+then answers 503, so the orchestrator's liveness probe restarts the process.
+(`GENSERVE_BATCH_WAIT_MS=inf` once killed the thread at its first batched request: every request
+then timed out while /healthz said ok, issue 37.)
+
 The worker also decides how a module runs, once, on its first batch after a load: DCGAN and VAE in
 channels-last memory (oneDNN then skips reordering the activations around every convolution: 1.2x
 to 1.45x the images/s at batch 32-64 on the CPU, see docs/benchmarks.md), and on CUDA in the
@@ -38,6 +44,7 @@ from torch import nn
 from app.metrics import Metrics
 from app.operations import Operation
 from app.registry import ServedModel
+from models.inference import inference_dtype, model_input, prepare  # shared with the Python API
 
 log = logging.getLogger("genserve.worker")
 
@@ -96,15 +103,6 @@ def _deliver(pairs: list[tuple[asyncio.Future, torch.Tensor | BaseException]]) -
             future.set_result(outcome)
 
 
-def prepare(module: nn.Module, *, channels_last: bool, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Convert `module` in place to the memory format and dtype the worker runs it in (outside
-    inference mode, so that its parameters stay ordinary tensors). Channels-last only where the
-    family asks for it (`module.channels_last`)."""
-    if channels_last and module.channels_last:
-        module.to(memory_format=torch.channels_last)
-    return module.to(dtype)
-
-
 def _merge(jobs: list[Job], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor | None]:
     """Each input concatenated over the jobs, on the device; floating inputs in the model's dtype."""
     merged = []
@@ -112,8 +110,7 @@ def _merge(jobs: list[Job], device: torch.device, dtype: torch.dtype) -> list[to
         if parts[0] is None:
             merged.append(None)
             continue
-        batch = torch.cat(parts).to(device)
-        merged.append(batch.to(dtype) if batch.is_floating_point() else batch)
+        merged.append(model_input(torch.cat(parts), device, dtype))
     return merged
 
 
@@ -123,8 +120,7 @@ class Worker:
                  requests_in_server: Callable[[], int] = lambda: 0):
         self.device = device
         self.channels_last = channels_last
-        # Half precision only on CUDA: on the CPU it is slower or changes images by several gray levels.
-        self.dtype = getattr(torch, dtype) if device.type == "cuda" else torch.float32
+        self.dtype = inference_dtype(device, dtype)
         self._prepared: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # a reload brings new modules
         self.metrics = metrics
         self.batch_wait_s = batch_wait_ms / 1000
@@ -138,6 +134,7 @@ class Worker:
         self._changed = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # why the thread died, if it did
         metrics.watch_queue(lambda: len(self._pending), self.oldest_waits)
 
     # -- the event loop's side -----------------------------------------------------------------
@@ -168,6 +165,9 @@ class Worker:
         gone), the job is abandoned and never runs."""
         job = Job(model, operation, inputs, params, inputs[0].shape[0], asyncio.get_running_loop().create_future())
         with self._changed:
+            if self.failure is not None:
+                self.metrics.rejected.labels("worker_failed").inc()
+                raise QueueFull(f"the inference worker has failed ({self.failure}); the service is restarting")
             if self._stopping or len(self._pending) >= self.queue_size:
                 self.metrics.rejected.labels("stopping" if self._stopping else "queue_full").inc()
                 raise QueueFull("the service is stopping" if self._stopping else "the inference queue is full")
@@ -196,8 +196,19 @@ class Worker:
     # -- the worker thread's side --------------------------------------------------------------
 
     def _serve(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            self._run(batch)
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._run(batch)
+        except BaseException as e:  # noqa: BLE001 -- a bug: logged here, and the thread ends
+            self._died(e)
+
+    def _died(self, error: BaseException) -> None:
+        """Record why the thread ends, log it, and refuse what waits: nothing would ever run it."""
+        log.critical("the inference worker died; /healthz now answers 503", exc_info=error)
+        with self._changed:
+            self.failure = f"{type(error).__name__}: {error}"
+            left, self._pending = list(self._pending), deque()
+        settle(left, [QueueFull(f"the inference worker has failed ({self.failure})")] * len(left))
 
     def _next_batch(self) -> list[Job] | None:
         """Wait for a job; give its batch up to `batch_wait_s` to fill while others are on their

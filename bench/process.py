@@ -60,7 +60,9 @@ def start_server(weights_dir: Path, log: Path, command: tuple[str, ...] = SERVE,
     """Start `genserve serve` (`python -m` `command`) with GENSERVE_* `settings` and wait until
     /readyz answers 200."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GENSERVE_WEIGHTS_DIR": str(weights_dir),
+    # The repository first, then whatever the caller's path holds (a family of the user's own).
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "GENSERVE_WEIGHTS_DIR": str(weights_dir),
            **{f"GENSERVE_{key.upper()}": str(value) for key, value in settings.items()}}
     # Its own session, as a deployed server (and bench.peers' LitServe) runs: with Linux's scheduler
     # autogroups a server in the load generator's session would share that client's CPU share.

@@ -9,6 +9,8 @@ The config is also written into the weights file's metadata, so the sha256 cover
 config was edited (say to serve 512 x 512 images) no longer matches its weights and is refused.
 Tensor names, shapes and dtypes are compared with the file's header, and the module is first built
 on the meta device, so nothing is allocated before the checkpoint is known to fit.
+
+Writing a folder whole or not at all, and reading it as one version, is models.checkpoint_files'.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
 from models.card import MAX_LATENT_DIM, CardError, check_config, validate_card
+# The card's and the folder's own functions are part of this module's interface too.
+from models.checkpoint_files import (  # noqa: F401
+    CARD_FILE, WEIGHTS_FILE, CheckpointError, card_bytes, fd_path, identity, open_regular, opened, publish, read_card,
+    read_card_at, sha256_file, update_card, write_card, write_files)
+from models.families import FAMILIES, FamilyError, discover_from_environment
 
-from models.families import FAMILIES
-
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "card.json"
 CARD_FORMAT = "genserve-card/1"
 CONFIG_METADATA = "config"  # the safetensors metadata key that holds the config, as canonical JSON
 # safetensors dtype names -> torch dtypes, for comparing the header with the module.
@@ -38,25 +41,7 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "BOOL": torch.bool}
 # Files that could carry pickled code. A checkpoint folder holding one is refused outright.
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, tampered with, or does not fit its family."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+READ_ATTEMPTS = 3  # a reader whose folder was swapped while it read reads the new version
 
 
 def _config_json(config: dict) -> str:
@@ -65,7 +50,13 @@ def _config_json(config: dict) -> str:
 
 def _family_class(family: str) -> type[nn.Module]:
     if family not in FAMILIES:
-        raise CheckpointError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+        try:  # a family of the user's, named by GENSERVE_FAMILIES and not looked up yet
+            discover_from_environment()
+        except FamilyError as e:
+            raise CheckpointError(str(e)) from None
+    if family not in FAMILIES:
+        raise CheckpointError(f"unknown model family {family!r}; known: {sorted(FAMILIES)} (a family of your "
+                              f"own is named by GENSERVE_FAMILIES=package.module:Class)")
     return FAMILIES[family]
 
 
@@ -85,63 +76,30 @@ def build_model(family: str, config: dict, device: str | torch.device | None = N
         raise CheckpointError(f"{family} config is invalid: {e}") from e
 
 
-def save_checkpoint(model: nn.Module, directory: str | Path, card: dict) -> dict:
-    """Write the weights and the card (the given fields plus family, config and sha256)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+# -- writing ----------------------------------------------------------------------------------
+
+def save_checkpoint(model: nn.Module, directory: str | Path, card: dict,
+                    extra_files: dict[str, bytes] | None = None) -> dict:
+    """Write the weights and the card (the given fields plus family, config and sha256), and
+    `extra_files` (name -> bytes, a sample grid say), as the folder's new version, whole."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = dataclasses.asdict(model.config)
-    weights = directory / WEIGHTS_FILE
-    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata=_metadata(model.family, config)))
+    weights = safetensors_bytes(tensors, metadata=_metadata(model.family, config))
     full_card = {
         "format": CARD_FORMAT,
         **card,
         "family": model.family,
         "config": json.loads(_config_json(config)),
-        "sha256": sha256_file(weights),
-        "size_bytes": weights.stat().st_size,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "size_bytes": len(weights),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    write_card(directory, full_card)
+    publish(directory, {WEIGHTS_FILE: weights, CARD_FILE: card_bytes(full_card), **(extra_files or {})})
     return full_card
 
 
 def _metadata(family: str, config: dict) -> dict[str, str]:
     return {"family": family, CONFIG_METADATA: _config_json(config)}
-
-
-def write_card(directory: str | Path, card: dict) -> None:
-    path = Path(directory) / CARD_FILE
-    _write_atomic(path, lambda p: p.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n"))
-
-
-def read_card(directory: str | Path) -> dict:
-    path = Path(directory) / CARD_FILE
-    try:
-        card = json.loads(path.read_text(), parse_constant=_no_constant)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{directory}: no {CARD_FILE}") from e
-    except (json.JSONDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(card, dict) or "family" not in card or "config" not in card:
-        raise CheckpointError(f"{path}: a card needs 'family' and 'config'")
-    return card
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number a card may hold")
-
-
-def update_card(directory: str | Path, **fields) -> dict:
-    """Merge fields into an existing card (evaluation writes its metrics this way)."""
-    card = read_card(directory)
-    for key, value in fields.items():
-        if isinstance(value, dict) and isinstance(card.get(key), dict):
-            card[key] = {**card[key], **value}
-        else:
-            card[key] = value
-    write_card(directory, card)
-    return card
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,56 +113,75 @@ def resolve_device(name: str) -> torch.device:
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Load and verify a checkpoint; returns (module in eval mode on `device`, card)."""
     directory = Path(directory)
-    card, weights = _verified_files(directory)
-    header, metadata = _header(weights)
-    skeleton = build_model(card["family"], card["config"], "meta")  # checks the config's fields and bounds
-    if metadata.get(CONFIG_METADATA) != _config_json(card["config"]):
-        raise CheckpointError(f"{directory}: the card's config is not the one its weights were saved with "
-                              f"(the weights file's metadata, covered by the sha256, holds that one)")
-    _check_tensors(weights, header, skeleton, card["family"])
-    model = build_model(card["family"], card["config"])
-    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        with opened(directory) as (dir_fd, version):
+            try:
+                return _load(directory, dir_fd, device)
+            except (CheckpointError, OSError):
+                if attempt < READ_ATTEMPTS and identity(directory) != version:
+                    continue  # a save swapped a new version in while this one was read
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load(directory: Path, dir_fd: int, device: str | torch.device) -> tuple[nn.Module, dict]:
+    card, weights_fd = _verified_files(directory, dir_fd)
+    try:
+        weights, shown = fd_path(weights_fd), directory / WEIGHTS_FILE
+        header, metadata = _header(weights, shown)
+        skeleton = build_model(card["family"], card["config"], "meta")  # checks the config's fields and bounds
+        if metadata.get(CONFIG_METADATA) != _config_json(card["config"]):
+            raise CheckpointError(f"{directory}: the card's config is not the one its weights were saved with "
+                                  f"(the weights file's metadata, covered by the sha256, holds that one)")
+        _check_tensors(shown, header, skeleton, card["family"])
+        model = build_model(card["family"], card["config"])
+        model.load_state_dict(load_file(weights, device="cpu"), strict=True)
+    finally:
+        os.close(weights_fd)
     return model.to(device).eval(), card
 
 
-def _verified_files(directory: Path) -> tuple[dict, Path]:
-    """(the card, validated, the weights file whose sha256 it names), or CheckpointError."""
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a checkpoint folder")
-    pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+def _verified_files(directory: Path, dir_fd: int) -> tuple[dict, int]:
+    """(the card, validated, a descriptor of the weights file whose sha256 it names), or CheckpointError."""
+    pickles = sorted(name for name in os.listdir(dir_fd) if Path(name).suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(f"{directory}: refusing a folder with pickle files {pickles}; use safetensors")
-    card = read_card(directory)
+    card = read_card_at(dir_fd, directory)
     try:
         validate_card(card)
     except CardError as e:
         raise CheckpointError(f"{directory / CARD_FILE}: {e}") from None
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}")
-    verify_sha256(weights, card["sha256"], "the card's")
-    return card, weights
+    weights_fd = open_regular(dir_fd, WEIGHTS_FILE, directory)
+    try:
+        _check_digest(sha256_file(fd_path(weights_fd)), card["sha256"], directory / WEIGHTS_FILE, "the card's")
+    except BaseException:
+        os.close(weights_fd)
+        raise
+    return card, weights_fd
 
 
 def verify_sha256(path: Path, expected: str, whose: str) -> None:
     """CheckpointError unless `path`'s sha256 is `expected` (`whose`: where it was recorded)."""
-    digest = sha256_file(path)
+    _check_digest(sha256_file(path), expected, path, whose)
+
+
+def _check_digest(digest: str, expected: str, shown: Path, whose: str) -> None:
     if digest != expected:
-        raise CheckpointError(f"{path}: sha256 {digest[:12]}... does not match {whose} "
+        raise CheckpointError(f"{shown}: sha256 {digest[:12]}... does not match {whose} "
                               f"{expected[:12]}...; the file was changed or corrupted")
 
 
-def _header(weights: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, str]]:
+def _header(weights: str, shown: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, str]]:
     """The file's tensors as {name: (shape, dtype name)} and its metadata, from the header alone."""
     try:
-        with safe_open(str(weights), framework="pt") as f:
+        with safe_open(weights, framework="pt") as f:
             header = {}
             for key in f.keys():
                 tensor = f.get_slice(key)
                 header[key] = (list(tensor.get_shape()), tensor.get_dtype())
             return header, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from e
+        raise CheckpointError(f"{shown}: not a readable safetensors file ({e})") from e
 
 
 def _check_tensors(weights: Path, header: dict, model: nn.Module, family: str) -> None:
@@ -222,18 +199,24 @@ def _check_tensors(weights: Path, header: dict, model: nn.Module, family: str) -
 
 def migrate_checkpoint(directory: str | Path) -> bool:
     """Re-save a checkpoint of the first format (config in the card only) with its config in the
-    weights' metadata: the same tensors, the card's other fields kept. Returns whether it changed.
-    The old file is verified as before (sha256, names, shapes) first."""
+    weights' metadata: the same tensors, the card's other fields and the folder's other files kept.
+    Returns whether it changed. The old file is verified as before (sha256, names, shapes) first."""
     directory = Path(directory)
-    card, weights = _verified_files(directory)
-    _, metadata = _header(weights)
-    if CONFIG_METADATA in metadata:
-        return False
-    model = build_model(card["family"], card["config"])
-    tensors = load_file(str(weights), device="cpu")
+    with opened(directory) as (dir_fd, _):
+        card, weights_fd = _verified_files(directory, dir_fd)
+        try:
+            weights = fd_path(weights_fd)
+            _, metadata = _header(weights, directory / WEIGHTS_FILE)
+            if CONFIG_METADATA in metadata:
+                return False
+            model = build_model(card["family"], card["config"])
+            tensors = load_file(weights, device="cpu")
+        finally:
+            os.close(weights_fd)
     model.load_state_dict(tensors, strict=True)
-    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata=_metadata(card["family"], card["config"])))
-    write_card(directory, {**card, "sha256": sha256_file(weights), "size_bytes": weights.stat().st_size})
+    data = safetensors_bytes(tensors, metadata=_metadata(card["family"], card["config"]))
+    card = {**card, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    publish(directory, {WEIGHTS_FILE: data, CARD_FILE: card_bytes(card)}, keep_others=True)
     load_checkpoint(directory)
     return True
 

@@ -1,12 +1,13 @@
 """Samples as Server-Sent Events (`Accept: text/event-stream` on POST .../samples).
 
-Both answers of a samples request run the same plan (`plans.plan_samples`). A model that
-samples row by row ("stream" among its capabilities: PixelCNN, PixelRNN) runs the plan's job with
-an `on_row` hand-over: its sampler passes each finished row from the worker thread to the event
-loop, where it is sent as a `progress` event with the grid so far. So the stream costs what the
+Both answers of a samples request run the same plan (`plans.plan_samples`). A model whose sampler
+reports as it goes ("stream" among its capabilities: PixelCNN and PixelRNN by rows, diffusion by
+denoising steps) runs the plan's job with an `on_progress` hand-over: its sampler passes each row
+or step from the worker thread to the event loop, where it is sent as a `progress` event with the
+grid so far ({"row": i, "rows": n} or {"step": i, "steps": n}, as the family's `progress_unit` says). So the stream costs what the
 plain answer costs and ends in the same pixels. A client that goes away cancels the stream
 (Starlette cancels the generator): a job still queued is withdrawn, and a running one stops after
-its current row. That job is only started (`Plan.start`), not run with `Jobs.run`'s disconnect
+its current row or step. That job is only started (`Plan.start`), not run with `Jobs.run`'s disconnect
 watch, which would read the connection beside the streaming response's own. Other models answer
 one `done` event with the plain answer's PNG.
 """
@@ -46,7 +47,7 @@ async def sample_events(jobs: Jobs, plan: ImagePlan) -> StreamingResponse:
     """The event stream of a samples request's plan (checked: nothing here is a 4xx)."""
     headers = {**STREAM_HEADERS, "X-Seed": str(plan.seed)}
     if "stream" in plan.model.capabilities:
-        events = _rows(jobs, plan)
+        events = _progress(jobs, plan)
     else:
         images = await plan.run(jobs)
         events = _single(grid_png(images, plan.nrow))
@@ -57,27 +58,28 @@ async def _single(png: bytes) -> AsyncIterator[str]:
     yield event("done", {"image": _base64(png)})
 
 
-async def _rows(jobs: Jobs, plan: ImagePlan) -> AsyncIterator[str]:
+async def _progress(jobs: Jobs, plan: ImagePlan) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
-    # The rows in order, then None once the job is done: the worker hands each row over with
-    # call_soon_threadsafe before it settles the job, so the rows are queued before the None.
+    # The rows (steps) in order, then None once the job is done: the worker hands each over with
+    # call_soon_threadsafe before it settles the job, so they are queued before the None.
     finished: asyncio.Queue[tuple[int, torch.Tensor] | None] = asyncio.Queue()
     listening = True
 
-    def on_row(row: int, images: torch.Tensor) -> bool:
+    def on_progress(row: int, images: torch.Tensor) -> bool:
         """In the worker thread: a copy of the images so far to the event loop; False stops the
         sampling once nobody listens."""
         if listening:
             loop.call_soon_threadsafe(finished.put_nowait, (row, images.to("cpu", torch.float32, copy=True)))
         return listening
 
-    job = plan.start(jobs, on_row=on_row)
+    job = plan.start(jobs, on_progress=on_progress)
     job.add_done_callback(lambda _: finished.put_nowait(None))
-    rows, nrow = plan.model.image_shape[1], plan.nrow
+    module, nrow = plan.model.module, plan.nrow
+    unit, count = module.progress_unit, module.progress_count(plan.params.get("steps"))
     try:
         while (item := await finished.get()) is not None:
             row, images = item
-            yield event("progress", {"row": row, "rows": rows, "image": _base64(grid_png(images, nrow))})
+            yield event("progress", {unit: row, f"{unit}s": count, "image": _base64(grid_png(images, nrow))})
         yield event("done", {"image": _base64(grid_png(job.result(), nrow))})
     finally:
         listening = False

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from app.config import Settings
 from app.registry import Registry
@@ -23,10 +26,20 @@ def readiness(registry: Registry, worker: Worker, settings: Settings) -> tuple[b
                    "saturated": saturated}
 
 
-@router.get("/healthz")
-async def healthz() -> dict:
-    """The process is up (it says nothing of the models: see /readyz)."""
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: Literal["ok", "failed"]
+    detail: str | None = Field(None, description="why the process is not healthy")
+
+
+@router.get("/healthz", response_model=Health, responses={503: {
+    "model": Health, "description": "The inference worker has died: restart the process"}})
+async def healthz(worker: WorkerDep) -> JSONResponse:
+    """200 while the process is up and its inference worker runs (it says nothing of the models:
+    see /readyz); 503 once the worker has died, for the liveness probe to restart the process."""
+    if worker.failure is not None:
+        return JSONResponse({"status": "failed", "detail": f"the inference worker died ({worker.failure})"},
+                            status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})

@@ -74,7 +74,7 @@ def model_version(model: ServedModel) -> str:
 def tensors(model: ServedModel) -> tuple[list[dict], list[dict]]:
     """What one sample is made from and what it is: -1 is the batch (the request's `n`)."""
     inputs = [{"name": "seed", "datatype": "INT64", "shape": [-1]}]
-    if model.latent_dim is not None:
+    if model.module.sampling == "latent":
         inputs.append({"name": "latent", "datatype": "FP32", "shape": [-1, model.latent_dim]})
     if model.conditional:
         inputs.append({"name": "class", "datatype": "BYTES", "shape": [-1]})
@@ -108,10 +108,12 @@ async def server_metadata() -> dict:
     return {"name": "genserve", "version": _package_version(), "extensions": []}
 
 
-@router.get("/health/live", response_model=Live)
-async def server_live() -> dict:
-    """200 while the process answers (like /healthz)."""
-    return {"live": True}
+@router.get("/health/live", response_model=Live, responses={NOT_READY: {"model": Live}})
+async def server_live(worker: WorkerDep) -> JSONResponse:
+    """200 while the process answers and its inference worker runs (like /healthz); 400 once the
+    worker has died, for the liveness probe to restart the process."""
+    live = worker.failure is None
+    return JSONResponse({"live": live}, status_code=200 if live else NOT_READY)
 
 
 @router.get("/health/ready", response_model=Ready, responses={NOT_READY: {"model": Ready}})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import secrets
 from dataclasses import dataclass, field
 
 import torch
@@ -23,12 +22,14 @@ from app import latents
 from app.config import Settings
 from app.errors import CapabilityError, InputError
 from app.imaging import gif_bytes, grid_png, pngs_base64
-from app.operations import COMPLETE, DECODE, NLL, NLL_BOUND, SAMPLE_PIXELS, Operation
+from app.operations import COMPLETE, DECODE, NLL, NLL_BOUND, SAMPLE, Operation
 from app.registry import ServedModel
 from app.routes.jobs import Jobs
 from app.routes.uploads import read_image, uploaded_image
 from app.schemas import (ArithmeticRequest, CompleteRequest, ImagesResponse, InterpolateRequest, Latent,
                          LikelihoodRequest, LikelihoodResponse, SamplesRequest, TraverseRequest)
+from models import inference
+from models.inference import pick_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +42,7 @@ class Plan:
     params: dict = field(default_factory=dict)
 
     def start(self, jobs: Jobs, **extra) -> asyncio.Future[torch.Tensor]:
-        """The job queued, `extra` parameters added (an event stream's `on_row`)."""
+        """The job queued, `extra` parameters added (an event stream's `on_progress`)."""
         return jobs.start(self.model, self.operation, *self.inputs, **self.params, **extra)
 
     async def run(self, jobs: Jobs) -> torch.Tensor:
@@ -97,10 +98,6 @@ def check_n(n: int, model: ServedModel, settings: Settings, loc: list) -> None:
     check_at_most(n, model.max_n(settings.limits()), loc, f"images of {model.name}")
 
 
-def pick_seed(seed: int | None) -> int:
-    return seed if seed is not None else secrets.randbelow(2**31)
-
-
 async def resolve(jobs: Jobs, model: ServedModel, settings: Settings, specs: list[tuple[list, Latent]]) -> torch.Tensor:
     """`latents.resolve` with this request's image encoder and seed limit."""
     return await latents.resolve(model, specs, encoder(jobs, model, settings), settings.max_terms)
@@ -119,18 +116,25 @@ def encoder(jobs: Jobs, model: ServedModel, settings: Settings) -> latents.Encod
 
 def plan_samples(model: ServedModel, settings: Settings, body: SamplesRequest, where: str) -> ImagePlan:
     """A samples request (its fields in the body or, `where` = "query", the query) -> its job:
-    its seed picked, its noise drawn on the CPU."""
+    its seed picked, its randomness drawn on the CPU, by the sampling its family declares."""
     check_n(body.n, model, settings, [where, "n"])
     seed = pick_seed(body.seed)
     seeds = range(seed, seed + body.n)
-    if model.latent_dim is None:  # an autoregressive model: pixel noise, not a latent
+    steps = sampler_steps(model, body.steps, [where, "steps"])
+    if model.module.sampling == "noise":
         label = latents.class_index(model, body.class_, [where, "class"]) if body.class_ else None
-        noise, labels = latents.pixel_noise(model, seeds, label)
-        return ImagePlan(model=model, operation=SAMPLE_PIXELS, inputs=(noise, labels),
-                         params={"temperature": body.temperature}, seed=seed, nrow=body.nrow)
+        noise, labels = latents.sampling_noise(model, seeds, label)
+        return ImagePlan(model=model, operation=SAMPLE, inputs=(noise, labels),
+                         params={"temperature": body.temperature, **steps}, seed=seed, nrow=body.nrow)
     class_latent = latents.class_latent(model, body.class_, [where, "class"]) if body.class_ else None
     z = latents.for_samples(model, seeds, body.temperature, class_latent)
-    return ImagePlan(model=model, operation=DECODE, inputs=(z,), seed=seed, latents=z, nrow=body.nrow)
+    return ImagePlan(model=model, operation=DECODE, inputs=(z,), params=steps, seed=seed, latents=z, nrow=body.nrow)
+
+
+def sampler_steps(model: ServedModel, steps: int | None, loc: list) -> dict:
+    """{"steps": n} where a request chose the steps of a sampler that takes them, else {}."""
+    with latents.http_errors(loc):
+        return inference.sampler_steps(model, steps)
 
 
 async def plan_interpolate(jobs: Jobs, model: ServedModel, settings: Settings, body: InterpolateRequest) -> ImagePlan:
@@ -173,27 +177,21 @@ async def plan_reconstruct(request: Request, jobs: Jobs, model: ServedModel, set
 
 async def plan_complete(model: ServedModel, settings: Settings, body: CompleteRequest) -> ImagePlan:
     check_n(body.n, model, settings, ["body", "n"])
-    _, height, width = model.image_shape
+    height = model.image_shape[1]
     check_at_most(body.keep_rows, height, ["body", "keep_rows"], "rows")
     image = await read_image(model, settings, body.image, ["body", "image"])
     label = latents.class_index(model, body.class_, ["body", "class"]) if body.class_ else None
     seed = pick_seed(body.seed)
-    noise, labels, class_u = latents.completion_noise(model, range(seed, seed + body.n), label)
-    known = torch.zeros(1, 1, height, width, dtype=torch.bool)
-    known[:, :, : body.keep_rows] = True
-    inputs = (noise, labels, class_u, image.expand(body.n, -1, -1, -1), known.expand(body.n, -1, -1, -1))
+    inputs, shown = inference.completion_inputs(model, image, body.keep_rows, range(seed, seed + body.n), label)
     return ImagePlan(model=model, operation=COMPLETE, inputs=inputs, params={"temperature": body.temperature},
-                     seed=seed, nrow=body.n + 1, shown=image * known)
+                     seed=seed, nrow=body.n + 1, shown=shown)
 
 
 async def plan_likelihood(model: ServedModel, settings: Settings, body: LikelihoodRequest) -> LikelihoodPlan:
     image = await read_image(model, settings, body.image, ["body", "image"])
     module = model.module
-    cond = None
-    if body.class_:
-        if not module.class_conditional:
-            raise CapabilityError(f"model {model.name!r} computes its likelihood without a class")
-        cond = torch.tensor([latents.class_index(model, body.class_, ["body", "class"])])
+    with latents.http_errors(["body", "class"]):
+        cond = inference.likelihood_condition(model, body.class_)
     exact = module.likelihood == "exact"
     method = module.likelihood_method + (" given the class" if cond is not None else "")
     return LikelihoodPlan(model=model, operation=NLL if exact else NLL_BOUND, inputs=(image, cond), exact=exact,

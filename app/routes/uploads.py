@@ -1,7 +1,11 @@
 """Reading an uploaded image: base64 in a JSON body, or a multipart file field; decoded by
-`app.imaging` (off the event loop) into a tensor of the model's shape, every failure a 422."""
+`app.imaging` (off the event loop, at most DECODE_SLOTS at once) into a tensor of the model's
+shape, every failure a 422."""
 
 from __future__ import annotations
+
+import asyncio
+import weakref
 
 import torch
 from fastapi import Request
@@ -12,19 +16,41 @@ from starlette.datastructures import UploadFile
 
 from app.config import Settings
 from app.errors import InputError
-from app.imaging import ImageError, decode_base64, load_image
+from app.imaging import DECODE_SLOTS, ImageError, decode_base64, load_image, release_freed_memory
 from app.registry import ServedModel
 from app.schemas import ImageRequest
 
 
+class DecodeSlots:
+    """The bound on uploads being decoded at once, for one event loop (an asyncio.Semaphore
+    belongs to the loop it first waits on). Requests past it wait here, not in a thread, where
+    they would starve the pool's other work. `pending` counts the uploads waiting or decoding
+    (kept on the loop's thread only)."""
+
+    def __init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(DECODE_SLOTS)
+        self.pending = 0
+
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DecodeSlots] = weakref.WeakKeyDictionary()
+
+
 async def read_image(model: ServedModel, settings: Settings, data: str | bytes, loc: list) -> torch.Tensor:
     """A base64 string or raw upload -> float [1, C, H, W] for `model`."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.setdefault(loop, DecodeSlots())
+    slots.pending += 1
     try:
         payload = data if isinstance(data, bytes) else decode_base64(data, settings.max_image_bytes)
-        return await run_in_threadpool(load_image, payload, model.image_shape, settings.max_image_bytes,
-                                       model.background)
+        async with slots.semaphore:
+            return await run_in_threadpool(load_image, payload, model.image_shape, settings.max_image_bytes,
+                                           model.background)
     except ImageError as e:
         raise InputError(loc, str(e)) from None
+    finally:
+        slots.pending -= 1
+        if slots.pending == 0:  # the last of a burst: what its decodes freed goes back, off the loop
+            loop.run_in_executor(None, release_freed_memory)
 
 
 def _is_json(content_type: str) -> bool:

@@ -56,6 +56,27 @@ export async function call(model, op, payload, { signal, image = true } = {}) {
   return { ...body, seed: seed === null || seed === undefined ? null : Number(seed) };
 }
 
+// The API's own answer to a request, as a file's contents: `format` "png" (an image endpoint's
+// plain answer), "gif" (?format=gif) or "json" (a JSON endpoint's answer).
+export async function fetchFile(model, op, payload, format) {
+  const query = format === "gif" ? "?format=gif" : "";
+  let response;
+  try {
+    response = await fetch(`/v1/models/${encodeURIComponent(model)}/${op}${query}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(payload),
+    });
+  } catch {
+    throw new ReadableError("Could not reach the service. Is it still running?");
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new ReadableError(describe(response.status, response.statusText, body));
+  }
+  return response.blob();
+}
+
 export async function getJson(path, { signal } = {}) {
   return (await request(path, { signal })).body;
 }

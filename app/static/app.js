@@ -2,7 +2,7 @@
 
 import { listModels } from "./api.js";
 import { arithmeticTab } from "./arithmetic.js";
-import { modelCard } from "./cards.js";
+import { loadThumbnails, modelChip, showAbout } from "./cards.js";
 import { drawTab } from "./draw.js";
 import { interpolateTab } from "./interpolate.js";
 import { sampleTab } from "./sample.js";
@@ -50,6 +50,7 @@ function restoreForm(form, params) {
     if (!el.name || !params.has(el.name)) continue;
     const value = params.get(el.name);
     if (el.type === "radio") el.checked = el.value === value;
+    if (el.matches("[data-kind]")) el.closest("fieldset.latent").dataset.chosen = "kind";
     else if (el.tagName !== "SELECT" || [...el.options].some((o) => o.value === value)) el.value = value;
     el.dispatchEvent(new Event("input", { bubbles: true })); // so value displays follow
   }
@@ -60,6 +61,7 @@ function restoreForm(form, params) {
 
 // How the families are spelled in prose; a family not named here shows as the API names it.
 const FAMILY_NAMES = { pixelcnn: "PixelCNN", pixelrnn: "PixelRNN", vae: "VAE", dcgan: "DCGAN" };
+const about = document.getElementById("about");
 
 function listed(words) {
   return words.length > 1 ? `${words.slice(0, -1).join(", ")} and ${words.at(-1)}` : words.join("");
@@ -97,7 +99,13 @@ function applyModel(model) {
     const options = (select.dataset.any ? [["", select.dataset.any]] : []).concat(model.classes.map((c) => [c, c]));
     select.replaceChildren(...options.map(([value, text]) => new Option(text, value)));
     if (model.classes.includes(keep)) select.value = keep;
+    else if (select.matches("[data-class]")) select.selectedIndex = -1; // a latent picker's: its default follows
   }
+  // A sampler that takes a number of steps: its default, and its most.
+  const steps = document.getElementById("sample-steps");
+  const [defaultSteps, mostSteps] = model.sampling_steps ?? [];
+  toggle(steps.closest("[data-sampling-steps]"), Boolean(model.sampling_steps));
+  Object.assign(steps, { value: defaultSteps ?? "", max: mostSteps ?? "" });
   document.getElementById("sample-n").max = maxN;
   for (const input of document.querySelectorAll("#complete-n, #arithmetic-n")) input.max = Math.min(16, maxN);
   for (const input of document.querySelectorAll("input[type=number][max]")) {
@@ -105,8 +113,9 @@ function applyModel(model) {
   }
   document.getElementById("interpolate-steps").max = ctx.limits.max_steps ?? 32;
   // Results of the previous model no longer apply.
+  showAbout(about, model);
   for (const tab of Object.values(tabs)) {
-    syncLatentPickers(tab.panel, model.conditional);
+    defaultLatents(tab.panel, model);
     tab.run.cancel();
     tab.reset();
     tab.panel.querySelector(".output").classList.remove("failed");
@@ -165,7 +174,9 @@ async function start() {
   document.querySelectorAll("input[type=range]").forEach(showValue);
   document.addEventListener("input", (event) => { if (event.target.type === "range") showValue(event.target); });
   document.addEventListener("change", (event) => {
-    if (event.target.matches("[data-kind]")) syncLatentPickers(event.target.form, ctx.model.conditional);
+    if (!event.target.matches("[data-kind]")) return;
+    event.target.closest("fieldset.latent").dataset.chosen = "kind"; // the user's, kept across models
+    syncLatentPickers(event.target.form, ctx.model.conditional);
   });
   // "New seed" rolls a seed and runs at once: one click, one new picture.
   document.addEventListener("click", (event) => {
@@ -188,7 +199,7 @@ async function start() {
   }
   ctx.models = answer.models;
   ctx.limits = answer.limits || {};
-  list.replaceChildren(...ctx.models.map(modelCard));
+  list.replaceChildren(...ctx.models.map(modelChip));
   list.setAttribute("aria-busy", "false");
   if (!ctx.models.length) {
     list.textContent = "The service has no models loaded.";
@@ -201,13 +212,15 @@ async function start() {
   // pixel, "stream"), the quickest to show something.
   const model = ctx.models.find((m) => m.name === params.get("model"))
     || ctx.models.find((m) => !m.capabilities.includes("stream")) || ctx.models[0];
-  list.querySelector(`input[value="${CSS.escape(model.name)}"]`).checked = true;
+  const chosen = list.querySelector(`input[value="${CSS.escape(model.name)}"]`);
+  chosen.checked = true;
+  chosen.closest("label").scrollIntoView({ block: "nearest", inline: "nearest" }); // where the picker scrolls
   applyModel(model);
-  for (const { panel } of Object.values(tabs)) defaultLatents(panel, model);
   const tab = tabButtons.find((b) => b.dataset.tab === params.get("tab") && !b.disabled)?.dataset.tab || "sample";
   selectTab(tab);
   restoreForm(tabs[tab].form, params);
   activate(tab);
+  loadThumbnails(list);
 
   list.addEventListener("change", (event) => {
     applyModel(ctx.models.find((m) => m.name === event.target.value));

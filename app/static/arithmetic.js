@@ -1,6 +1,7 @@
 // Arithmetic tab: decode A - B + C and show it as an equation of pictures, as in the DCGAN paper.
 
 import { call } from "./api.js";
+import { offerDownloads } from "./download.js";
 import { describeLatent, el, figure, latentOf, pngImages } from "./ui.js";
 
 const TERMS = [["a", 1], ["b", -1], ["c", 1]];
@@ -49,6 +50,8 @@ export function arithmeticTab(panel, ctx) {
     result.hidden = false;
     caption.querySelector(".caption-extra").textContent =
       `${formula}${answer.seed !== null ? `, noise seed ${answer.seed}` : ""}`;
+    offerDownloads(caption.querySelector(".downloads"), { model: ctx.model.name, op: "arithmetic",
+      body: { ...body, seed: answer.seed ?? body.seed }, name: `${ctx.model.name}-arithmetic` });
     caption.hidden = false;
     return { ...data, seed: answer.seed ?? data.seed };
   }

@@ -4,6 +4,7 @@
 // images stand on white); a colour model's takes any ink and paper, the paper first its ground.
 
 import { ReadableError, call } from "./api.js";
+import { offerDownloads } from "./download.js";
 import { figure, pngImages } from "./ui.js";
 
 // The brush widths are pixels of a 28-pixel pad; a bigger pad gets proportionally wider strokes,
@@ -132,20 +133,29 @@ export function drawTab(panel, ctx, run) {
     upload.value = ""; // choosing the same file again still loads it
   });
 
+  // A result's section, and its download: the API's answer to `request` (op, body) as a file.
+  function shown(section, request, format = "png") {
+    offerDownloads(section.querySelector(".downloads"),
+      { model: ctx.model.name, name: `${ctx.model.name}-${request.op}`, ...request }, [format]);
+    section.hidden = false;
+  }
+
   async function showStrip(section, images, captions, altPrefix, signal) {
     const imgs = await pngImages(images, (i) => `${altPrefix}: ${captions(i)}`, signal);
     section.querySelector(".strip").replaceChildren(...imgs.map((img, i) => figure(img, captions(i))));
-    section.hidden = false;
   }
 
   const actions = {
     async reconstruct(signal) {
-      const answer = await call(ctx.model.name, "reconstruct", { image: pad.png() }, { signal });
+      const body = { image: pad.png() };
+      const answer = await call(ctx.model.name, "reconstruct", body, { signal });
       await showStrip(sections.reconstruct, answer.images, (i) => (i === 0 ? "input" : "reconstruction"),
         ctx.model.name, signal);
+      shown(sections.reconstruct, { op: "reconstruct", body });
     },
     async likelihood(signal) {
-      const answer = await call(ctx.model.name, "likelihood", { image: pad.png() }, { signal, image: false });
+      const body = { image: pad.png() };
+      const answer = await call(ctx.model.name, "likelihood", body, { signal, image: false });
       const bound = !answer.exact;
       sections.likelihood.querySelector("#bits-per-dim").textContent =
         `${bound ? "≤ " : ""}${answer.bits_per_dim.toFixed(3)}`;
@@ -153,7 +163,7 @@ export function drawTab(panel, ctx, run) {
         `${answer.nll_nats.toFixed(1)} nats for the whole image; ` +
         (bound ? "an upper bound (the ELBO)." : "exact.") +
         " Lower means the model finds the image more typical.";
-      sections.likelihood.hidden = false;
+      shown(sections.likelihood, { op: "likelihood", body }, "json");
     },
     async complete(signal) {
       const data = Object.fromEntries(new FormData(form));
@@ -162,6 +172,7 @@ export function drawTab(panel, ctx, run) {
       const answer = await call(ctx.model.name, "complete", body, { signal });
       const caption = (i) => (i === 0 ? `top ${body.keep_rows} rows` : `seed ${body.seed + i - 1}`);
       await showStrip(sections.complete, answer.images, caption, `${ctx.model.name} completion`, signal);
+      shown(sections.complete, { op: "complete", body });
       return data;
     },
   };

@@ -1,6 +1,7 @@
 // Interpolate tab: a strip of frames between two latents, and a slider that scrubs through it.
 
 import { call } from "./api.js";
+import { offerDownloads } from "./download.js";
 import { describeLatent, figure, latentOf, pngImages } from "./ui.js";
 
 export function interpolateTab(panel, ctx) {
@@ -48,6 +49,8 @@ export function interpolateTab(panel, ctx) {
     show(0);
     caption.querySelector(".caption-extra").textContent =
       `${body.method} from ${describeLatent(start)} to ${describeLatent(end)} in ${frames.length} steps`;
+    offerDownloads(caption.querySelector(".downloads"), { model: ctx.model.name, op: "interpolate", body,
+      name: `${ctx.model.name}-interpolate` }, ["png", "gif"]);
     caption.hidden = false;
     return data;
   }

@@ -2,6 +2,7 @@
 // samples row by row ("stream") is read as Server-Sent Events and drawn as the rows arrive.
 
 import { call, streamSamples } from "./api.js";
+import { offerDownloads } from "./download.js";
 import { gridCells, pngImages } from "./ui.js";
 
 export function sampleTab(panel, ctx) {
@@ -35,6 +36,7 @@ export function sampleTab(panel, ctx) {
     const body = { n: Number(data.n), seed: data.seed === "" ? null : Number(data.seed) };
     if (data.temperature) body.temperature = Number(data.temperature);
     if (data.class) body.class = data.class;
+    if (data.steps) body.steps = Number(data.steps);
     rowsLabel.textContent = "";
     const result = ctx.model.capabilities.includes("stream")
       ? await streamed(body, signal) : await call(ctx.model.name, "samples", body, { signal });
@@ -52,6 +54,8 @@ export function sampleTab(panel, ctx) {
       (images.length > 1 ? ` (cells use seeds ${result.seed}–${result.seed + images.length - 1})` : "") + ofClass;
     // The wait a user had, request to last row: what the model cards' grid time promises.
     caption.querySelector(".elapsed").textContent = `drawn in ${((performance.now() - started) / 1000).toFixed(2)} s`;
+    offerDownloads(caption.querySelector(".downloads"), { model: ctx.model.name, op: "samples",
+      body: { ...body, seed: result.seed }, name: `${ctx.model.name}-samples-seed${result.seed}` });
     caption.hidden = false;
     return { ...data, seed: result.seed };
   }

@@ -3,6 +3,7 @@
 // latents, a scatter of test images' latents where a click decodes the point under it.
 
 import { call, getJson } from "./api.js";
+import { offerDownloads } from "./download.js";
 import { describeLatent, latentOf, pngImages } from "./ui.js";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -59,10 +60,15 @@ export function traverseTab(panel, ctx, run) {
       const [r, c] = body.axes.length === 2 ? [Math.floor(i / body.steps), i % body.steps] : [i, null];
       return `${label}: step ${r + 1}${c === null ? "" : `, ${c + 1}`} of ${body.steps}`;
     }, signal);
-    grid.style.setProperty("--cols", body.steps);
-    grid.classList.toggle("dense", body.steps > 10);
+    // Laid out as a sample grid of as many images is, and so drawn at its size: one axis wraps
+    // into rows (read left to right, top to bottom), two axes are their steps x steps grid.
+    const oneAxis = body.axes.length === 1;
+    grid.style.setProperty("--cols", oneAxis ? Math.ceil(Math.sqrt(images.length)) : body.steps);
+    grid.classList.toggle("dense", !oneAxis && body.steps > 10);
     grid.replaceChildren(...images);
     caption.querySelector(".caption-extra").textContent = label;
+    offerDownloads(caption.querySelector(".downloads"), { model: ctx.model.name, op: "traverse", body,
+      name: `${ctx.model.name}-traverse` }, oneAxis ? ["png", "gif"] : ["png"]);
     caption.hidden = false;
   }
 
@@ -146,15 +152,17 @@ export function traverseTab(panel, ctx, run) {
     }
     const vector = plot.mean.map((m, i) => m + x * plot.components[0][i] + y * plot.components[1][i]);
     const of = dot ? `, a test image of class ${plot.classes[Number(dot.dataset.label)]}` : "";
+    const body = { terms: [{ latent: { vector }, weight: 1 }], n: 1, show_terms: false };
     run(async (signal) => {
-      const answer = await call(ctx.model.name, "arithmetic",
-        { terms: [{ latent: { vector }, weight: 1 }], n: 1, show_terms: false }, { signal });
+      const answer = await call(ctx.model.name, "arithmetic", body, { signal });
       const [img] = await pngImages(answer.images, () => `decoded point (${x.toFixed(2)}, ${y.toFixed(2)})${of}`,
         signal);
       const shown = panel.querySelector("#latent-map-image");
       shown.src = img.src;
       shown.alt = img.alt;
       panel.querySelector("#latent-map-caption").textContent = `(${x.toFixed(2)}, ${y.toFixed(2)})${of}`;
+      offerDownloads(pick.querySelector(".downloads"), { model: ctx.model.name, op: "arithmetic", body,
+        name: `${ctx.model.name}-map-point` });
       pick.hidden = false;
     });
   });

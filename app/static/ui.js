@@ -107,13 +107,25 @@ export function syncLatentPickers(root, conditional) {
   }
 }
 
-// The starting classes (data-class-index) and, where data-prefer="class", class over seed.
+// The pickers' starting points for `model`. Each keeps a class the model has, else takes its default
+// (data-class-index, wrapped into the model's classes and apart from the other pickers' classes, so
+// that A − B + C names three classes where the model has three). A picker marked
+// data-prefer="class" starts on a class wherever the model takes them, unless the user chose.
 export function defaultLatents(root, model) {
-  for (const fieldset of root.querySelectorAll("fieldset.latent")) {
-    const name = model.classes[Number(fieldset.dataset.classIndex)];
-    if (!name) continue;
-    fieldset.querySelector("[data-class]").value = name;
-    if (fieldset.dataset.prefer === "class" && model.conditional) {
+  const count = model.classes.length;
+  const pickers = [...root.querySelectorAll("fieldset.latent")];
+  const taken = new Set(pickers.map((f) => f.querySelector("[data-class]").value)
+    .filter((name) => model.classes.includes(name)));
+  for (const fieldset of pickers) {
+    const select = fieldset.querySelector("[data-class]");
+    if (!count || model.classes.includes(select.value)) continue;
+    let index = Number(fieldset.dataset.classIndex) % count;
+    for (let tries = 0; tries < count && taken.has(model.classes[index]); tries++) index = (index + 1) % count;
+    select.value = model.classes[index];
+    taken.add(select.value);
+  }
+  for (const fieldset of pickers) {
+    if (fieldset.dataset.prefer === "class" && model.conditional && fieldset.dataset.chosen !== "kind") {
       fieldset.querySelector("[data-kind][value=class]").checked = true;
     }
   }

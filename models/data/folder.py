@@ -4,10 +4,18 @@
     DIR/a.png, DIR/b.webp ...            no subfolders: unlabelled (no classes, every label 0)
 
 PNG, JPEG, WebP, BMP and GIF (the first frame) are read; names starting with a dot are skipped.
-Each image is turned upright (EXIF), composited on white if it has transparency, scaled so that
-its shorter side is N (Lanczos) and centre-cropped to N x N. The channels default to 3 when any
-image has colour, else 1. One image in twenty is held out as the "test" split, chosen by a hash
-of its path relative to DIR, so adding or removing files never moves the others.
+Each image is turned upright (its EXIF orientation, ignored when it cannot be read), composited on
+white if it has transparency, scaled so that its shorter side is N (Lanczos) and centre-cropped to
+N x N.
+
+Only regular files are opened: FIFOs, devices and sockets are skipped, as are dangling and looping
+symbolic links and names that are not UTF-8. Links to files and links to folders (a class folder
+that is a link, say) are both followed, unless they lead back into a folder they sit in; the
+walk's counts go to stderr in one JSON line, `{"event": "folder scanned", "links followed": ...}`.
+
+The channels default to 3 when any image has colour, else 1. One image in twenty is held out as
+the "test" split, chosen by a hash of its path relative to DIR, so adding or removing files never
+moves the others.
 
 The images are decoded once, into `CACHE_DIR/folder-<name>-<N>-<key>.npy` (pixels) and `.json`
 (the files they came from), keyed by every file's path, size and mtime, N and the channels asked
@@ -16,16 +24,18 @@ for: a changed folder is decoded afresh, an unchanged one is read back.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from tqdm import tqdm
 
 from models.card import IMAGE_SIDE
@@ -71,30 +81,115 @@ def is_held_out(relative_path: str) -> bool:
     return int.from_bytes(digest[:8], "big") < TEST_FRACTION * 2 ** 64
 
 
-def find_images(directory: Path) -> tuple[list[str], list[str]]:
-    """(image paths relative to `directory`, sorted; class names): the classes are the top-level
-    subfolders that hold images, or none when every image sits at the top."""
-    files = []
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files += [(Path(root) / name).relative_to(directory).as_posix() for name in names
-                  if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES]
+class Scan:
+    """What a walk of the folder met besides images: links followed, and entries skipped by kind."""
+
+    def __init__(self) -> None:
+        self.links_followed = 0
+        self.skipped: dict[str, list[str]] = {}
+
+    def skip(self, kind: str, path: str) -> None:
+        self.skipped.setdefault(kind, []).append(path)
+
+    def report(self, directory: Path) -> None:
+        """One JSON line on stderr when there is anything to say, once per process (a run loads
+        the folder for each split)."""
+        if not self.links_followed and not self.skipped:
+            return
+        examples = [f"{path}: {kind}" for kind, paths in self.skipped.items() for path in paths][:SKIP_EXAMPLES]
+        line = json.dumps({"event": "folder scanned", "folder": str(directory), "links followed": self.links_followed,
+                           **{kind: len(paths) for kind, paths in self.skipped.items()}, "examples": examples})
+        if line not in _REPORTED:
+            _REPORTED.add(line)
+            print(line, file=sys.stderr, flush=True)
+
+
+_REPORTED: set[str] = set()
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a name read from the file system is UTF-8 (os.scandir hands other bytes over as
+    surrogates, which the cache key and the split's hash could not encode)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _walk(folder: Path, relative: str, ancestors: frozenset, files: list[str], scan: Scan) -> None:
+    """Add the image files under `folder` (its path relative to DIR: `relative`) to `files`,
+    following links; `ancestors` are the (device, inode) of the folders it lies in, so that a link
+    back into one of them is a loop, skipped."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as e:
+        scan.skip("unreadable folders", f"{relative or '.'} ({e.strerror})")
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = f"{relative}/{entry.name}" if relative else entry.name
+        if not _is_utf8(entry.name):
+            scan.skip("undecodable names", path.encode("utf-8", "backslashreplace").decode())
+            continue
+        try:
+            link = entry.is_symlink()
+            status = entry.stat()  # follows a link
+        except OSError as e:
+            scan.skip("looping links" if e.errno == errno.ELOOP else "broken links", path)
+            continue
+        if stat.S_ISDIR(status.st_mode):
+            identity = (status.st_dev, status.st_ino)
+            if identity in ancestors:
+                scan.skip("looping links", path)
+                continue
+            scan.links_followed += link
+            _walk(Path(entry.path), path, ancestors | {identity}, files, scan)
+        elif Path(entry.name).suffix.lower() in SUFFIXES:
+            if not stat.S_ISREG(status.st_mode):  # a FIFO would block the loader's open() forever
+                scan.skip("not regular files", path)
+                continue
+            scan.links_followed += link
+            files.append(path)
+
+
+def find_images(directory: Path) -> tuple[list[str], list[str], Scan]:
+    """(image paths relative to `directory`, sorted; class names; what else the walk met): the
+    classes are the top-level subfolders that hold images, or none when every image sits at the top."""
+    files: list[str] = []
+    scan = Scan()
+    top = directory.stat()
+    _walk(directory, "", frozenset({(top.st_dev, top.st_ino)}), files, scan)
     files.sort()
-    top = [f for f in files if "/" not in f]
+    top_files = [f for f in files if "/" not in f]
     classes = sorted({f.split("/")[0] for f in files if "/" in f})
-    if top and classes:
-        raise DatasetError(f"{directory} holds images both at its top ({top[0]}, ...) and in subfolders "
+    if top_files and classes:
+        raise DatasetError(f"{directory} holds images both at its top ({top_files[0]}, ...) and in subfolders "
                            f"({classes[0]}/, ...); put every image in a class subfolder, or none")
-    return files, classes
+    return files, classes, scan
+
+
+def open_regular(path: Path):
+    """A regular file opened for reading, or Unusable: opened without blocking, so that a FIFO (or a
+    file swapped for one since the walk) is refused instead of waiting for a writer forever."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise Unusable("unreadable", e.strerror or type(e).__name__) from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise Unusable("not regular files", "not a regular file")
+    return os.fdopen(descriptor, "rb")
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
     """One image file -> uint8 [size, size, 3]: upright, on white, shorter side scaled to `size`
     (Lanczos), centre-cropped. Raises Unusable or TooSmall."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_regular(path) as file:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own bomb check
-            with Image.open(path, formats=FORMATS) as image:
+            with Image.open(file, formats=FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Unusable("refused", f"declares {image.width}x{image.height} pixels, "
                                               f"more than {MAX_PIXELS}")
@@ -102,7 +197,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                     raise TooSmall(image.size)
                 # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; keep twice N for Lanczos to finish.
                 image.draft(None, (2 * size, 2 * size))
-                rgb = to_rgb(ImageOps.exif_transpose(image))
+                rgb = to_rgb(upright(image))
                 return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Unusable("refused", str(e)) from None
@@ -110,12 +205,36 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         raise Unusable("unreadable", str(e) or type(e).__name__) from None
 
 
+# EXIF orientation -> the turn that makes the image upright (as ImageOps.exif_transpose turns it).
+TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_90}
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; as it is when its EXIF cannot be read or holds
+    no orientation from 1 to 8. (ImageOps.exif_transpose also rewrites the EXIF it read, and
+    raised TypeError, struct.error or AttributeError on malformed tags: issue 37.)"""
+    try:  # (Pillow warns of each corrupt tag it skips; catch_warnings would not be thread-safe here)
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # noqa: BLE001 -- whatever malformed metadata makes Pillow's parser raise
+        return image
+    if type(orientation) is not int or orientation not in TURNS:
+        return image
+    return image.transpose(TURNS[orientation])
+
+
 def to_rgb(image: Image.Image, background: str = "white") -> Image.Image:
     """Any mode (palette, gray, gray + alpha, CMYK, 16-bit) -> 8-bit RGB, transparency composited
     on `background` ("white", as the folder's images are, or "black"). The API's uploads too."""
     if image.mode.startswith("I"):  # 16-bit ("I;16", "I;16B") or 32-bit gray: scale to 8 bits
-        levels = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257
-        image = Image.fromarray(levels.round().astype(np.uint8))
+        # round(v / 257) as (v + 128) // 257 (no level lies halfway), in place on one int32 copy: a
+        # float64 one and its temporaries took 130 MB for a 2048 x 2048 image (issue 37).
+        levels = np.asarray(image).astype(np.int32, copy=False)
+        np.clip(levels, 0, 65535, out=levels)
+        levels += 128
+        levels //= 257
+        image = Image.fromarray(levels.astype(np.uint8))
     if image.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("RGB")
@@ -178,8 +297,11 @@ def cache_key(directory: Path, files: list[str], size: int, channels: int | None
     """A digest of what the decoded pixels depend on: each file's path, size and mtime, and the options."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, size, channels]).encode())
     for name in files:
-        stat = (directory / name).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            status = (directory / name).stat()
+            digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        except OSError:  # gone since the walk: decoding will skip it
+            digest.update(f"{name}\0gone\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -218,7 +340,8 @@ def load_folder(data_dir: str | Path | None, split: str, image_size: int | None,
     directory = Path(data_dir).expanduser()
     if not directory.is_dir():
         raise DatasetError(f"{directory}: no such folder")
-    files, classes = find_images(directory)
+    files, classes, scan = find_images(directory)
+    scan.report(directory)
     if not files:
         raise DatasetError(f"{directory} holds no image files ({', '.join(FORMATS)}), at its top or in subfolders")
     pixels, kept = cached_pixels(directory, files, image_size, channels, Path(cache_dir or CACHE_DIR), quiet)

@@ -3,6 +3,7 @@
     python -m models.baselines dcgan --minutes 45 --threads 2   # pytorch/examples' cpp/dcgan, natively 28x28
     python -m models.baselines vae --minutes 10       # pytorch/examples' MLP VAE (784-400-20)
     python -m models.baselines pixelcnn --minutes 32.5 --threads 2   # jzbontar/pixelcnn-pytorch
+    python -m models.baselines diffusion --minutes 150   # diffusers' unconditional example (pip install -e .[baselines])
     python -m models.evaluate runs/baselines/dcgan runs/baselines/vae runs/baselines/pixelcnn   # score them
     python -m models.baselines dcgan --dataset folder --data-dir DIR --image-size 32 --minutes 35   # your images
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from models.checkpoint import sha256_file
 from models.data import DATASETS, FOLDER, DatasetError, load_dataset, to_float
+from models.evaluation.baseline_diffusion import BaselineDDPM
 from models.families.dcgan import init_weights
 from models.grid import save_grid
 
@@ -237,7 +239,7 @@ class BaselinePixelCNN(nn.Module):
 
 
 RECIPES = {"dcgan": BaselineDCGAN, "dcgan-python-cut": BaselineDCGANPythonCut, "vae": BaselineVAE,
-           "pixelcnn": BaselinePixelCNN}
+           "pixelcnn": BaselinePixelCNN, "diffusion": BaselineDDPM}
 
 
 def train_baseline(name: str, minutes: float, out: Path, threads: int = 1, seed: int = 0, n_samples: int = 10000,

@@ -25,20 +25,21 @@ completions of test images from their top half for a class-conditional model tha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 from tqdm import tqdm
 
+from models.evaluation.metrics import class_report, feature_statistics, features_of, frechet_distance
 from models.evaluation.baselines import BASELINE_FILE, RECIPES, SAMPLES_FILE, WEIGHTS_FILE
-from models.checkpoint import load_checkpoint, update_card, verify_sha256
+from models.checkpoint import CheckpointError, load_checkpoint, update_card, verify_sha256, write_files
 from models.data import DatasetError, ImageDataset, dataset_of_card, load_dataset, to_float
-from models.families.latent import LatentModel
 
 DEFAULT_CLASSIFIER = Path("weights/classifier")
 QUICK_SAMPLES = 1000
@@ -50,50 +51,6 @@ SAMPLE_BATCH = 500  # seeds per batch: the first 1,000 samples need only two
 def batches(images: torch.Tensor, batch_size: int, desc: str, quiet: bool):
     for start in tqdm(range(0, images.shape[0], batch_size), desc=desc, disable=quiet, mininterval=5):
         yield to_float(images[start:start + batch_size])
-
-
-@torch.no_grad()
-def features_of(classifier: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier features and predicted class probabilities for float images in [0, 1]."""
-    device = next(classifier.parameters()).device
-    feats, probs = [], []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device)
-        f = classifier.features(x)
-        feats.append(f.double().cpu())
-        probs.append(torch.softmax(classifier.head(f), dim=1).cpu())
-    return torch.cat(feats), torch.cat(probs)
-
-
-def feature_statistics(features: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The mean [D] and covariance [D, D] of features [N, D], all a Frechet distance needs of them."""
-    features = features.double()
-    return {"mean": features.mean(0), "covariance": torch.cov(features.T)}
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets [N, D]."""
-    return frechet_from_statistics(feature_statistics(a), feature_statistics(b))
-
-
-def frechet_from_statistics(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """The Frechet distance between two Gaussians given by `feature_statistics`."""
-    mu_a, mu_b, cov_a, cov_b = a["mean"], b["mean"], a["covariance"], b["covariance"]
-    # Tr((S_a S_b)^(1/2)) = sum of sqrt(eig(S_a^(1/2) S_b S_a^(1/2))), a symmetric PSD matrix.
-    eigvals, eigvecs = torch.linalg.eigh(cov_a)
-    sqrt_a = eigvecs @ torch.diag(eigvals.clamp(min=0).sqrt()) @ eigvecs.T
-    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
-
-
-def class_report(probs: torch.Tensor, classes: list[str]) -> dict:
-    """The share of samples per predicted class and that distribution's entropy (nats)."""
-    counts = torch.bincount(probs.argmax(1), minlength=len(classes)).double()
-    share = counts / counts.sum()
-    entropy = float(-(share[share > 0] * share[share > 0].log()).sum())
-    return {"class_shares": {c: round(float(s), 4) for c, s in zip(classes, share)},
-            "class_entropy_nats": round(entropy, 4), "class_entropy_max_nats": round(math.log(len(classes)), 4),
-            "classes_found": int((counts > 0).sum())}
 
 
 @torch.no_grad()
@@ -109,23 +66,34 @@ def generate(model: nn.Module, n: int, batch_size: int, quiet: bool) -> torch.Te
 def completion_report(model: nn.Module, classifier: nn.Module, test: ImageDataset, n: int, quiet: bool,
                       batch_size: int = 100) -> dict:
     """Complete the bottom half of n test images from their top rows, the class left to the
-    model: how often the classifier gives a completion its image's class (a completion that
-    continues what it is shown), and how often the model's own class posterior does."""
+    model (seeds 0 .. n-1, as the API draws them): how often the classifier gives a completion
+    its image's class (a completion that continues what it is shown), and, where the family can
+    say it, how often its own class posterior given the top rows does."""
     images, labels = to_float(test.images[:n]), test.labels[:n]
     keep_rows = images.shape[2] // 2
-    known = torch.zeros_like(images, dtype=torch.bool)
+    known = torch.zeros(n, 1, *images.shape[2:], dtype=torch.bool)
     known[:, :, :keep_rows] = True
     device = next(model.parameters()).device
     completions, posterior_hits = [], 0
     for start in tqdm(range(0, n, batch_size), desc="completing", disable=quiet, mininterval=5):
         x, mask = images[start:start + batch_size].to(device), known[start:start + batch_size].to(device)
-        guessed = model.class_posterior(x, mask).argmax(1).cpu()
-        posterior_hits += int((guessed == labels[start:start + batch_size]).sum())
-        completions.append(model.complete(x, mask, torch.Generator().manual_seed(start)).cpu())
+        noise = tuple(None if part is None else part.to(device)
+                      for part in model.completion_noise_for_seeds(range(start, start + len(x))))
+        completions.append(model.complete_from_noise(x, mask, noise).cpu())
+        posterior = model.class_posterior(x, mask)
+        if posterior is not None:
+            posterior_hits += int((posterior.argmax(1).cpu() == labels[start:start + batch_size]).sum())
     _, probs = features_of(classifier, torch.cat(completions))
-    return {"completion_class_accuracy": round(float((probs.argmax(1) == labels).double().mean()), 4),
-            "completion_posterior_accuracy": round(posterior_hits / n, 4),
-            "completion_setup": f"top {keep_rows} rows of the first {n} test images kept, class not given"}
+    report = {"completion_class_accuracy": round(float((probs.argmax(1) == labels).double().mean()), 4),
+              "completion_setup": f"top {keep_rows} rows of the first {n} test images kept, class not given"}
+    if posterior is not None:
+        report["completion_posterior_accuracy"] = round(posterior_hits / n, 4)
+    return report
+
+
+def subset(data: ImageDataset, n: int) -> ImageDataset:
+    """The first n images of a split (a family whose likelihood costs many passes is scored on them)."""
+    return dataclasses.replace(data, images=data.images[:n], labels=data.labels[:n])
 
 
 @torch.no_grad()
@@ -143,9 +111,10 @@ def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: boo
             totals[name] = totals.get(name, 0.0) + float(values.sum())
     per_image = {name: total / len(test) for name, total in totals.items()}
     bits = {name: round(-value / (dims * math.log(2)), 4) for name, value in per_image.items()}
+    scored = {} if len(test) >= 10000 else {"likelihood_test_images": len(test)}
     if model.likelihood == "exact":
-        return {"test_nll_nats": round(-per_image["bound"], 3), "test_bits_per_dim": bits["bound"]}
-    out = {"test_elbo_nats": round(per_image["bound"], 3), "test_bits_per_dim": bits["bound"],
+        return {"test_nll_nats": round(-per_image["bound"], 3), "test_bits_per_dim": bits["bound"], **scored}
+    out = {**scored, "test_elbo_nats": round(per_image["bound"], 3), "test_bits_per_dim": bits["bound"],
            "test_kl_nats": round(per_image["kl"], 3), "bound": model.likelihood_method}
     out.update({f"{name}_test_bits_per_dim": bits[name] for name in per_image if name not in ("bound", "kl")})
     return out
@@ -155,17 +124,18 @@ def likelihood(model: nn.Module, test: ImageDataset, batch_size: int, quiet: boo
 def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, quiet: bool,
                   n_generated: int = 20000, confidence: float = 0.9, at_least: int = 20) -> dict:
     """Each class's mean and std latent: as the model declares them if its prior knows the
-    classes; else from the encoder means of the train images if the model has an encoder; else
-    from generated samples that the classifier assigns to the class with high confidence (the
-    mean's direction, scaled to the prior's typical norm sqrt(latent_dim)), where a rare class
-    with fewer than `at_least` such samples takes the `at_least` it ranks highest."""
+    classes; else the latents of the train images, by the encoder (its means) or the sampler's
+    inversion; else from `n_generated` samples that the classifier assigns to the class with high
+    confidence (the mean's direction, scaled to the prior's typical norm sqrt(latent_dim)), where a
+    rare class with fewer than `at_least` such samples takes the `at_least` it ranks highest."""
     device = next(model.parameters()).device
     declared = model.declared_class_latents()
     if declared is not None:
         return {name: latent_entry(mean, std) for name, (mean, std) in zip(train.classes, declared)}
-    from_encoder = "encoder" in model.capabilities
-    if from_encoder:
-        mus = torch.cat([model.encode(x.to(device))[0].cpu() for x in batches(train.images, 500, "encoding", quiet)])
+    from_images = bool({"encoder", "invert"} & set(model.capabilities))
+    if from_images:
+        to_latent = (lambda x: model.encode(x)[0]) if "encoder" in model.capabilities else model.invert
+        mus = torch.cat([to_latent(x.to(device)).cpu() for x in batches(train.images, 500, "encoding", quiet)])
         labels = train.labels
     else:
         z = model.sample_latents(n_generated, torch.Generator().manual_seed(99))
@@ -177,12 +147,12 @@ def class_latents(model: nn.Module, classifier: nn.Module, train: ImageDataset, 
     result = {}
     for index, name in enumerate(train.classes):
         members = mus[labels == index]
-        if not from_encoder and len(members) < at_least:
+        if not from_images and len(members) < at_least:
             members = z[probs[:, index].topk(at_least).indices]
         if len(members) < 2:
             continue
         mean = members.mean(0)
-        if not from_encoder:
+        if not from_images:
             # The mean of many N(0, I) draws sits near the origin, where the generator was never
             # trained (its z have norm ~ sqrt(d)); keep the class's direction at the typical radius.
             mean = mean / mean.norm() * math.sqrt(mean.numel())
@@ -316,14 +286,15 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
         metrics["test_accuracy"] = round(float((probs.argmax(1) == test.labels).double().mean()), 4)
         # Both splits in its features, shipped beside it: a generator's Frechet distances can be
         # recomputed from the weights alone, where the data is not at hand (the tests, say).
-        save_file(feature_statistics(features), str(path / TEST_FEATURES_FILE))
         train = dataset_of_card(card, "train", data_dir, limit, cache_dir, quiet)
-        save_file(feature_statistics(features_of(model, to_float(train.images).to(device))[0]),
-                  str(path / TRAIN_FEATURES_FILE))
-        update_card(path, metrics=metrics)
+        statistics = {TEST_FEATURES_FILE: feature_statistics(features),
+                      TRAIN_FEATURES_FILE: feature_statistics(features_of(model, to_float(train.images).to(device))[0])}
+        write_files(path, {name: safetensors_bytes(s) for name, s in statistics.items()}, weights_sha256=card["sha256"])
+        update_card(path, weights_sha256=card["sha256"], metrics=metrics)
         return metrics
     if "likelihood" in model.capabilities and not keep_likelihood:
-        metrics.update(likelihood(model, test, 100 if model.likelihood == "exact" else 500, quiet))
+        scored = test if model.likelihood_test_images is None else subset(test, model.likelihood_test_images)
+        metrics.update(likelihood(model, scored, 100 if model.likelihood == "exact" else 500, quiet))
     classifier, _ = load_checkpoint(classifier_path, device)
     train = dataset_of_card(card, "train", data_dir, limit, cache_dir, quiet)
     samples = draw_samples(model, n_samples, quiet)
@@ -331,15 +302,16 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
     metrics.update(sample_quality(samples, classifier, classifier_path.name, card, data_dir, limit, cache_dir))
     # The classifier's folder name (a sibling in weights/): the showcase draws its class pictures with it.
     fields = {"metrics": metrics, "classifier": classifier_path.name}
-    if model.sequential_sampling:
+    if model.sequential_sampling or model.sampling_steps():  # a sampler of many passes: its wait
         metrics.update(grid_time(model))
     if "complete" in model.capabilities and model.class_conditional:
         metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
-    if isinstance(model, LatentModel) and train.classes:  # for `{"class": ...}` latents and arithmetic
-        latents = class_latents(model, classifier, train, quiet)
+    if model.sampling == "latent" and train.classes:  # for `{"class": ...}` latents and arithmetic
+        # From generated samples: twice as many as scored (20,000 for the full 10,000).
+        latents = class_latents(model, classifier, train, quiet, n_generated=2 * n)
         metrics["class_mean_decodes_to_class"] = round(class_mean_accuracy(model, classifier, latents, test.classes), 3)
         fields["class_latents"] = latents
-    update_card(path, **fields)
+    update_card(path, weights_sha256=card["sha256"], **fields)  # onto the card of the weights measured, or refused
     return metrics
 
 
@@ -366,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for path in args.checkpoint:
             evaluate_one(path, args)
-    except DatasetError as e:
+    except (DatasetError, CheckpointError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint, read_card
-from models.families import FAMILIES
+from models.families import FAMILIES, discover_from_environment
 from models.data import dataset_of_card, to_float
-from models.evaluation.evaluate import DEFAULT_CLASSIFIER, features_of
+from models.evaluation.evaluate import DEFAULT_CLASSIFIER
+from models.evaluation.metrics import features_of
 from models.grid import save_grid
 from models.families.latent import slerp
 
+PROGRESS_SNAPSHOTS = 8
 # Class arithmetic A - B + C that reads as a sentence, per dataset; other data: consecutive classes.
 ARITHMETIC = {"fashion-mnist": [("Ankle boot", "Sneaker", "Sandal"), ("Pullover", "T-shirt/top", "Dress")]}
 
@@ -34,11 +36,13 @@ def one_per_class(card: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
+def showcase(weights: Path, out: Path, classifier_path: Path | None = None) -> dict:
     """Draw every servable model's pictures, by what its family can do."""
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
-    for folder in sorted(p for p in weights.iterdir() if (p / "card.json").is_file()):
+    discover_from_environment()  # families of the user's own, named by GENSERVE_FAMILIES
+    # (Hidden folders are saves under way or left by a killed writer, never checkpoints.)
+    for folder in sorted(p for p in weights.iterdir() if not p.name.startswith(".") and (p / "card.json").is_file()):
         family = FAMILIES.get(read_card(folder)["family"])
         if family is None or not family.capabilities:  # not a generator (the classifier)
             continue
@@ -48,16 +52,20 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
         n = 40 if model.sequential_sampling else 64
         save_grid(model.sample_for_seeds(range(n)), out / f"{name}_samples.png", nrow=8)
         if "complete" in caps:
-            # Completions: a test image per class, its top half, then completions whose class the
-            # model infers from that half.
-            known = torch.zeros_like(examples, dtype=torch.bool)
+            # Completions: a test image per class, its top half, then three completions (seeds 0, 1,
+            # 2, as the API draws them), whose class the model infers from that half.
+            known = torch.zeros(len(examples), 1, *examples.shape[2:], dtype=torch.bool)
             known[:, :, : examples.shape[2] // 2] = True
-            rows = [examples, examples * known] + [model.complete(examples, known, torch.Generator().manual_seed(seed))
-                                                   for seed in range(3)]
+            rows = [examples, examples * known] + [
+                model.complete_from_noise(examples, known, model.completion_noise_for_seeds([seed] * len(examples)))
+                for seed in range(3)]
             save_grid(torch.cat(rows), out / f"{name}_completions.png", nrow=len(examples))
-        if "reconstruct" in caps and "encoder" in caps:  # test images above, decoded encoder means below
-            save_grid(torch.cat([examples, model.decode(model.encode(examples)[0])]),
-                      out / f"{name}_reconstructions.png", nrow=len(examples))
+        if "reconstruct" in caps and {"encoder", "invert"} & set(caps):  # test images, their decoded latents below
+            latents = model.encode(examples)[0] if "encoder" in caps else model.invert(examples)
+            save_grid(torch.cat([examples, model.decode(latents)]), out / f"{name}_reconstructions.png",
+                      nrow=len(examples))
+        if "stream" in caps:  # how a sample comes to be: snapshots of its sampler's progress, seeds 0 to 3
+            save_grid(progress_strip(model, range(4)), out / f"{name}_progress.png", nrow=PROGRESS_SNAPSHOTS)
         if "interpolate" in caps:  # strips between seed pairs' latents, slerp
             rows = [model.decode(slerp(*model.latents_for_seeds([a, b]), torch.linspace(0, 1, 10)))
                     for a, b in [(1, 2), (3, 4), (5, 6)]]
@@ -65,10 +73,31 @@ def showcase(weights: Path, out: Path, classifier_path: Path) -> dict:
         latents = card.get("class_latents", {})
         if "arithmetic" in caps and latents:
             # Judged by the classifier that made the class latents (evaluate records its folder).
-            classifier, _ = load_checkpoint(weights / card["classifier"] if "classifier" in card else classifier_path)
+            # (--classifier, where given, instead).
+            judge = classifier_path or (weights / card["classifier"] if "classifier" in card else DEFAULT_CLASSIFIER)
+            classifier, _ = load_checkpoint(judge)
             report[name] = class_pictures(model, card, latents, classifier, out / name)
     (out / "showcase.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def progress_strip(model, seeds) -> torch.Tensor:
+    """A row per seed of `PROGRESS_SNAPSHOTS` images evenly through its sampler's progress reports
+    (rows drawn so far, or a denoiser's prediction of the image), the finished sample last."""
+    count = model.progress_count()
+    wanted = {round(i * (count - 1) / (PROGRESS_SNAPSHOTS - 1)) for i in range(PROGRESS_SNAPSHOTS - 1)}
+    taken: list[torch.Tensor] = []
+
+    def on_progress(step: int, images: torch.Tensor) -> None:
+        if step in wanted:
+            taken.append(images.clone())
+
+    if model.sampling == "latent":
+        final = model.decode(model.latents_for_seeds(seeds), on_progress=on_progress)
+    else:
+        noise, cond = model.noise_for_seeds(seeds)
+        final = model.sample_from_noise(noise, 1.0, cond, on_progress=on_progress)
+    return torch.stack([*taken, final], dim=1).flatten(0, 1)
 
 
 def class_pictures(model, card: dict, latents: dict, classifier, stem: Path) -> dict:
@@ -91,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.showcase", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=Path("weights"))
-    parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    parser.add_argument("--classifier", type=Path,
+                        help="the classifier that judges class pictures (default: the one each card names)")
     parser.add_argument("--out", type=Path, default=Path("docs/samples"))
     args = parser.parse_args(argv)
     print(json.dumps(showcase(args.weights, args.out, args.classifier), indent=2))

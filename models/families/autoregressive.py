@@ -14,6 +14,7 @@ the fast and naive samplers can be compared pixel for pixel.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Protocol
 
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.contract import Family
+from models.contract import Family, defines
 from models.families.masked_conv import colour_conv
+from models.families.row_sampler import borrowed_row_graph, row_pass, sample_rows
 
 
 def softmax_head(channels: int, head_channels: int, image_channels: int, levels: int) -> nn.Sequential:
@@ -37,15 +39,30 @@ CLASS_PASS_IMAGES = 128
 
 
 class AutoregressiveModel(Family):
-    """Subclasses set `config.image_shape`, `config.levels`, `config.n_classes` (0: unconditional)."""
+    """Subclasses' configs have `image_shape`, `levels` and `n_classes` (0: unconditional); they
+    define `forward(x, cond)` -> logits [B, C, levels, H, W] (or override `sub_pixel_log_probs`)
+    and `stepper(cond, batch)`, whose `Stepper` declares `every_pixel`."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        config = cls.__dict__.get("Config")
+        if config is not None and not {"levels", "n_classes"} <= {f.name for f in dataclasses.fields(config)}:
+            raise TypeError(f"{cls.__name__}: an autoregressive family's Config needs levels and n_classes fields")
+        if "family" in cls.__dict__ and not defines(cls, "stepper", AutoregressiveModel):
+            raise TypeError(f"{cls.__name__}: an autoregressive family defines stepper(cond, batch)")
+        super().__init_subclass__(**kwargs)
 
     # "stream": samples are drawn a row at a time, so they can stream as events.
     capabilities = ("sample", "stream", "complete", "likelihood")
+    sampling = "noise"  # a uniform per sub-pixel, turned into levels by inverse CDF
+    progress_unit = "row"
     sequential_sampling = True  # one network step per pixel: the cost hint that caps request sizes
     likelihood = "exact"
     # The trained memory layout: a float change may flip a sampled pixel, and the incremental
     # sampler must match the naive one exactly.
     channels_last = False
+    # On CUDA, replay each row of the cached sampler as a recorded CUDA graph (`models.families.row_sampler`);
+    # false on an instance: the eager loop, e.g. to time one against the other.
+    cuda_graphs = True
     likelihood_method = "exact autoregressive log-likelihood"
 
     @property
@@ -87,9 +104,9 @@ class AutoregressiveModel(Family):
         """log p(x) in nats per image, [B]. For a conditional model without `cond`, the exact
         marginal over a uniform class prior: log (1/K) sum_y p(x | y)."""
         if self.config.n_classes and cond is None:
-            per_class = self._every_class(x, lambda xs, ys: self._sub_pixel_log_probs(xs, ys).flatten(1).sum(1))
+            per_class = self._every_class(x, lambda xs, ys: self.sub_pixel_log_probs(xs, ys).flatten(1).sum(1))
             return torch.logsumexp(per_class, dim=0) - math.log(self.config.n_classes)
-        return self._sub_pixel_log_probs(x, cond).flatten(1).sum(1)
+        return self.sub_pixel_log_probs(x, cond).flatten(1).sum(1)
 
     def _every_class(self, x: torch.Tensor, fn) -> torch.Tensor:
         """fn(images, classes) for every class, [K, B, ...]: as many classes per pass as fit in
@@ -104,8 +121,13 @@ class AutoregressiveModel(Family):
             out.append(value.view(len(classes), b, *value.shape[1:]))
         return torch.cat(out)
 
-    def _sub_pixel_log_probs(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """log p(x_i | x_<i) for every sub-pixel, [B, C, H, W]."""
+    def sub_pixel_log_probs(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """log p(x_i | x_<i) for every sub-pixel, [B, C, H, W]: training, the likelihood and the
+        class posterior all build on it. By default from `forward`'s `levels` logits per
+        sub-pixel; a family with a parametric head (a discretized logistic mixture, say: see
+        models/families/discretized_logistic.py) overrides it to score each sub-pixel's own value
+        from the head's few parameters, and trains at the speed of its arithmetic. Its sampler
+        still asks its stepper for `levels` logits of one sub-pixel at a time."""
         logits = self(x, cond)  # [B, C, levels, H, W]
         return -F.cross_entropy(logits.transpose(1, 2), self._targets(x), reduction="none")
 
@@ -118,7 +140,7 @@ class AutoregressiveModel(Family):
         completion) the posterior is exact. Known sub-pixels after a gap are left out of it."""
         known = known_mask.expand_as(x).permute(0, 2, 3, 1)  # [B, H, W, C]: the sampling order
         prefix = known.flatten(1).long().cumprod(1).view_as(known).permute(0, 3, 1, 2)
-        per_class = self._every_class(x, lambda xs, ys: (self._sub_pixel_log_probs(xs, ys)
+        per_class = self._every_class(x, lambda xs, ys: (self.sub_pixel_log_probs(xs, ys)
                                                          * prefix.repeat(len(ys) // len(x), 1, 1, 1)).flatten(1).sum(1))
         return per_class.t().softmax(1)
 
@@ -158,12 +180,6 @@ class AutoregressiveModel(Family):
         return _concat([self.draw_completion_noise(1, torch.Generator().manual_seed(s), cond) for s in seeds])
 
     @torch.no_grad()
-    def sample_for_seeds(self, seeds, temperature: float = 1.0) -> torch.Tensor:
-        """The images of these seeds [len(seeds), C, H, W], as `POST .../samples` draws them."""
-        noise, cond = self.noise_for_seeds(seeds)
-        return self.sample_from_noise(noise, temperature, cond)
-
-    @torch.no_grad()
     def complete(self, x: torch.Tensor, known_mask: torch.Tensor, generator: torch.Generator | None = None,
                  temperature: float = 1.0, cond: torch.Tensor | None = None, fast: bool = True) -> torch.Tensor:
         """Fill in the pixels where `known_mask` [B, 1|C, H, W] is False, given the others.
@@ -176,12 +192,22 @@ class AutoregressiveModel(Family):
         return self.sample_from_noise(noise, temperature, cond, x=x, known_mask=known_mask, fast=fast)
 
     @torch.no_grad()
+    def complete_from_noise(self, images: torch.Tensor, known: torch.Tensor, noise: tuple,
+                            temperature: float = 1.0) -> torch.Tensor:
+        """`complete` from `completion_noise_for_seeds`'s (noise, cond, class_u): a conditional
+        model given no class takes it from the known pixels (class_u picks from the posterior)."""
+        noise, cond, class_u = noise
+        if class_u is not None:
+            cond = self.class_from_uniform(images, known, class_u)
+        return self.sample_from_noise(noise, temperature, cond, x=images, known_mask=known)
+
+    @torch.no_grad()
     def sample_from_noise(self, noise: torch.Tensor, temperature: float = 1.0, cond: torch.Tensor | None = None,
                           x: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                          fast: bool = True, on_row: Callable[[int, torch.Tensor], bool] | None = None) -> torch.Tensor:
+                          fast: bool = True, on_progress: Callable[[int, torch.Tensor], bool] | None = None) -> torch.Tensor:
         """Sample sub-pixel by sub-pixel in raster order, keeping `x` wherever `known_mask` is set.
 
-        `on_row(i, images)` is called after each row (the event stream shows it); returning False
+        `on_progress(i, images)` is called after each row (the event stream shows it); returning False
         stops the sampling there, leaving the rows below as given.
 
         `fast` runs the family's `stepper`, which computes each pixel's activations once; the
@@ -196,7 +222,7 @@ class AutoregressiveModel(Family):
         out = torch.zeros_like(noise) if x is None else x.to(device=device, dtype=dtype).clone()
         known = (torch.zeros_like(noise, dtype=torch.bool) if known_mask is None
                  else known_mask.to(device).expand_as(noise).clone())
-        rows = noise.shape[2]
+        rows, on_row = noise.shape[2], on_progress
         if not fast:
             return self._sample_naive(out, noise, known, temperature, cond, rows, on_row)
         if noise.shape[0] == 1:
@@ -223,56 +249,16 @@ class AutoregressiveModel(Family):
         return out
 
     def _sample_fast(self, out, noise, known, temperature, cond, rows, on_row) -> torch.Tensor:
-        """The sub-pixel loop over `self.stepper`, with as few tensor operations per sub-pixel as
-        it can: views are cut once per row, levels are written straight into a row buffer."""
-        b, c, _, width = noise.shape
-        levels = self.config.levels
-        top = levels - 1
-        stepper = self.stepper(cond, b)
-        every_pixel = stepper.every_pixel
-        # The level of each sub-pixel of the current row, in sampling order (column by column, a
-        # column's colours in turn), [W * C, B, 1], so each is contiguous.
-        row_levels = torch.zeros(width * c, b, 1, dtype=torch.long, device=out.device)
-        level_slots = row_levels.unbind(0)
-        probs = torch.empty(b, levels, dtype=out.dtype, device=out.device)
-        # The level is the count of CDF values below u, at most levels - 1 (rounding may leave
-        # the last one under u): searching all but the last one gives that with no clamp.
-        cdf = torch.empty(b, levels - 1, dtype=out.dtype, device=out.device)
-
-        def in_order(row: torch.Tensor) -> torch.Tensor:
-            """[B, C, W] -> [W * C, B, 1], in sampling order."""
-            return row.permute(2, 1, 0).reshape(width * c, b, 1)
-
-        for i in range(rows):
-            stepper.start_row(i, out)
-            unknown = ~known[:, :, i, :]  # [B, C, W]
-            wanted = in_order(unknown).any(1).view(-1).tolist()
-            if not any(wanted) and not every_pixel:
-                continue
-            last = width - 1 if every_pixel else max(k for k, w in enumerate(wanted) if w) // c
-            mixed = (~in_order(unknown).all(1).view(-1)).tolist()
-            given = in_order((out[:, :, i, :] * top).round().long())
-            row_levels.copy_(given)
-            u_subs, given_subs = in_order(noise[:, :, i, :]).contiguous().unbind(0), given.unbind(0)
-            keep_subs = in_order(~unknown).unbind(0)
-            for j in range(last + 1):
-                for colour in range(c):
-                    k = j * c + colour
-                    logits = stepper.step(j, colour)
-                    slot = level_slots[k]
-                    if wanted[k]:
-                        if temperature != 1.0:  # as the naive path divides (1.0 would change no bit)
-                            logits = logits / temperature
-                        torch.softmax(logits, -1, out=probs)
-                        torch.cumsum(probs[:, :-1], -1, out=cdf)
-                        torch.searchsorted(cdf, u_subs[k], out=slot)
-                        if mixed[k]:
-                            torch.where(keep_subs[k], given_subs[k], slot, out=slot)
-                    stepper.emit(j, colour, slot)
-            out[:, :, i, :] = row_levels.view(width, c, b).permute(2, 1, 0).to(out.dtype) / top
-            if on_row is not None and on_row(i, out) is False:
-                break
-        return out
+        """The sub-pixel loop over `self.stepper` (`models.families.row_sampler`), with as few
+        tensor operations per sub-pixel as it can; on CUDA each row is one replay of a recorded
+        CUDA graph (unless `cuda_graphs` is false), the same pixels as the eager loop there."""
+        batch = noise.shape[0]
+        with borrowed_row_graph(self, batch, temperature, cond) as recorded:
+            if recorded is not None:
+                return sample_rows(recorded.stepper, recorded.row, out, noise, known, temperature, on_row,
+                                   recorded.replay)
+            stepper = self.stepper(cond, batch)
+            return sample_rows(stepper, row_pass(self, stepper, batch), out, noise, known, temperature, on_row)
 
     def stepper(self, cond: torch.Tensor | None, batch: int) -> "Stepper":
         """The family's incremental network for `batch` images (see `Stepper`)."""
@@ -295,6 +281,10 @@ class Stepper(Protocol):
     final level [B, 1] (drawn or given). `every_pixel`: whether known pixels must be stepped too
     (a state that runs through every row); otherwise rows given whole, and a row's columns after
     its last drawn one, are skipped.
+
+    The memory `step` and `emit` touch is made once, and `start_row` rewrites what a row reads,
+    so that a row's steps can be recorded once and replayed (a CUDA graph); `bind(cond)` takes
+    the classes of another batch of the same size.
     """
 
     every_pixel: bool
@@ -304,6 +294,8 @@ class Stepper(Protocol):
     def step(self, j: int, colour: int) -> torch.Tensor: ...
 
     def emit(self, j: int, colour: int, level: torch.Tensor) -> None: ...
+
+    def bind(self, cond: torch.Tensor | None) -> None: ...
 
 
 class RowConv:

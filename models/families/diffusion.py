@@ -22,12 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.card import MAX_CLASSES, MAX_LATENT_DIM
+from models.card import MAX_CLASSES
 from models.families.latent import ClassCodedLatent
+from models.families.unet import UNet
 
 LOGSNR_MAX, LOGSNR_MIN = 15.0, -15.0
 # Images for which training replaces the class code by the "no class" code (Ho & Salimans 2022).
 UNCONDITIONAL_SHARE = 0.1
+MAX_STEPS = 250  # the most DDIM steps a request may ask for
+# RePaint (Lugmayr et al. 2022): each step of a completion is taken this many times, noised back
+# in between, so that the drawn pixels come to agree with the kept ones.
+RESAMPLINGS = 4
+LEVELS = 256  # the data's gray levels, for the likelihood's discrete decoder
 
 
 @dataclass
@@ -73,124 +79,20 @@ def logsnr(t: torch.Tensor) -> torch.Tensor:
     return -2 * torch.log(torch.tan(_T_FIRST + t * _T_SPAN))
 
 
-def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    lam = logsnr(t)
-    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+def time_of_logsnr(lam: torch.Tensor) -> torch.Tensor:
+    """The inverse of `logsnr`."""
+    return (torch.atan(torch.exp(-lam / 2)) - _T_FIRST) / _T_SPAN
 
 
-def time_grid(steps: int) -> torch.Tensor:
+def alpha_sigma(t) -> tuple[float, float]:
+    """alpha_t and sigma_t at one time t (a float), computed in float64."""
+    lam = logsnr(torch.tensor(float(t), dtype=torch.float64))
+    return float(torch.sigmoid(lam).sqrt()), float(torch.sigmoid(-lam).sqrt())
+
+
+def time_grid(steps: int) -> list[float]:
     """steps + 1 times from 1 (all noise) down to 0 (the image), evenly spaced."""
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-
-
-# -- the U-Net ----------------------------------------------------------------------------------
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(8, channels), channels)
-
-
-class ResBlock(nn.Module):
-    """Two 3x3 convolutions; the time-and-class embedding scales and shifts the second's input."""
-
-    def __init__(self, c_in: int, c_out: int, embed_dim: int):
-        super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.embed = nn.Linear(embed_dim, 2 * c_out)
-        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.embed(embedding)[:, :, None, None].chunk(2, dim=1)
-        h = self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
-        return self.skip(x) + h
-
-
-class Attention(nn.Module):
-    """Self-attention over the positions of the coarsest map (7 x 7 for 28 x 28 images)."""
-
-    def __init__(self, channels: int, heads: int = 4):
-        super().__init__()
-        self.norm, self.heads = group_norm(channels), heads
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.out = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
-        attended = F.scaled_dot_product_attention(q, k, v)  # [b, heads, hw, c / heads]
-        return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
-
-
-class UNet(nn.Module):
-    """A small DDPM U-Net: `blocks` residual blocks per resolution, stride-2 convolutions down,
-    nearest-neighbour doubling up, skip connections across, attention at the coarsest level."""
-
-    def __init__(self, config: DiffusionConfig):
-        super().__init__()
-        channels = config.image_shape[0]
-        widths = [config.width * m for m in config.multipliers]
-        embed_dim = 4 * config.width
-        self.time_mlp = nn.Sequential(nn.Linear(config.width, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
-        self.class_mlp = nn.Linear(config.class_dim, embed_dim, bias=False) if config.n_classes else None
-        self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        skips, c = [widths[0]], widths[0]
-        for level, width in enumerate(widths):
-            for _ in range(config.blocks):
-                self.down.append(ResBlock(c, width, embed_dim))
-                c = width
-                skips.append(c)
-            if level < len(widths) - 1:
-                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-                skips.append(c)
-        self.middle = nn.ModuleList([ResBlock(c, c, embed_dim), ResBlock(c, c, embed_dim)])
-        self.attention = Attention(c)
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-        for level, width in reversed(list(enumerate(widths))):
-            for _ in range(config.blocks + 1):
-                self.up.append(ResBlock(c + skips.pop(), width, embed_dim))
-                c = width
-            if level > 0:
-                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
-        self.head = nn.Sequential(group_norm(c), nn.SiLU(), nn.Conv2d(c, channels, 3, padding=1))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-        self.levels, self.blocks = len(widths), config.blocks
-
-    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.time_mlp[0].in_features // 2
-        frequencies = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
-        angles = 1000 * t.float()[:, None] * frequencies[None]
-        return self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
-
-    def forward(self, z: torch.Tensor, t: torch.Tensor, code: torch.Tensor | None) -> torch.Tensor:
-        embedding = self.time_embedding(t)
-        if self.class_mlp is not None:
-            embedding = embedding + self.class_mlp(code)
-        h = self.stem(z)
-        skips = [h]
-        blocks = iter(self.down)
-        for level in range(self.levels):
-            for _ in range(self.blocks):
-                h = next(blocks)(h, embedding)
-                skips.append(h)
-            if level < self.levels - 1:
-                h = self.downsample[level](h)
-                skips.append(h)
-        h = self.middle[0](h, embedding)
-        h = self.middle[1](self.attention(h), embedding)
-        blocks = iter(self.up)
-        for level in range(self.levels):
-            for _ in range(self.blocks + 1):
-                h = next(blocks)(torch.cat([h, skips.pop()], dim=1), embedding)
-            if level < self.levels - 1:
-                h = self.upsample[level](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.head(h)
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
 
 
 # -- the family ---------------------------------------------------------------------------------
@@ -199,7 +101,16 @@ class Diffusion(ClassCodedLatent):
     family = "diffusion"
     Config = DiffusionConfig
     summary = "Diffusion: an image denoised from noise step by step (DDPM trained, DDIM sampled)."
-    capabilities = ("sample", "interpolate", "arithmetic", "traverse")
+    # "invert": an upload's latent is the DDIM noise that decodes to it (DDIM inversion).
+    capabilities = ("sample", "stream", "interpolate", "arithmetic", "traverse", "invert", "image_latent",
+                    "reconstruct", "complete", "likelihood")
+    progress_unit = "step"
+    class_spread = 1.0  # a class's noise is the prior's: DDIM from shrunken noise draws flat images
+    likelihood = "bound"
+    likelihood_method = ("negative variational bound (Kingma et al. 2021's discrete-time form): the prior at "
+                         "log-SNR -15, the config's bound_steps denoising steps evenly spaced in log-SNR, and a "
+                         "discrete decoder over the 256 levels at log-SNR 15; one noise draw per step, fixed seed")
+    likelihood_test_images = 1000  # bound_steps passes an image: evaluation scores the first 1,000
     averaged_weights = True  # ships an exponential moving average of its weights (--ema)
 
     def __init__(self, config: DiffusionConfig):
@@ -211,8 +122,16 @@ class Diffusion(ClassCodedLatent):
             self.no_class = nn.Parameter(torch.zeros(config.class_dim))
             self.register_buffer("class_prior", torch.full((config.n_classes,), 1 / config.n_classes))
 
+    @property
+    def class_conditional(self) -> bool:
+        """Completion and the likelihood take a class label (samples take a class's latent)."""
+        return self.config.n_classes > 0
+
     def class_codes(self) -> torch.Tensor:
         return self.class_embedding.weight.detach().cpu()
+
+    def sampling_steps(self) -> tuple[int, int]:
+        return self.config.steps, MAX_STEPS
 
     # -- training -------------------------------------------------------------------------------
 
@@ -221,21 +140,24 @@ class Diffusion(ClassCodedLatent):
         x = x * 2 - 1
         t = torch.rand(x.shape[0], device=x.device)
         eps = torch.randn_like(x)
-        alpha, sigma = (a[:, None, None, None] for a in alpha_sigma(t))
+        lam = logsnr(t)[:, None, None, None]
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
         code = None
         if self.config.n_classes:
             keep = torch.rand(x.shape[0], 1, device=x.device) >= UNCONDITIONAL_SHARE
             code = torch.where(keep, self.class_embedding(y), self.no_class.expand(x.shape[0], -1))
         v = self.unet(alpha * x + sigma * eps, t, code)
-        loss = F.mse_loss(v.float(), alpha * eps - sigma * x)
-        return loss, {}
+        return F.mse_loss(v.float(), alpha * eps - sigma * x), {}
 
-    # -- sampling -------------------------------------------------------------------------------
+    # -- sampling: DDIM -------------------------------------------------------------------------
 
     def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A latent [B, latent_dim] -> (noise image [B, C, H, W], class code [B, class_dim] or None)."""
         noise = z[:, : self.config.noise_dim].reshape(-1, *self.config.image_shape)
         return noise, (z[:, self.config.noise_dim:] if self.config.n_classes else None)
+
+    def _no_class(self, batch: int) -> torch.Tensor | None:
+        return self.no_class.detach().expand(batch, -1) if self.config.n_classes else None
 
     def predict_image(self, z_t: torch.Tensor, t: float, code: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, eps) predicted from z_t at time t, x clipped to [-1, 1] (eps recomputed from it), with
@@ -243,30 +165,130 @@ class Diffusion(ClassCodedLatent):
         times = torch.full((z_t.shape[0],), t, device=z_t.device)
         if code is not None and self.config.guidance > 0:
             both = self.unet(torch.cat([z_t, z_t]), torch.cat([times, times]),
-                             torch.cat([code, self.no_class.expand_as(code)]))
+                             torch.cat([code, self._no_class(code.shape[0])]))
             conditional, unconditional = both.chunk(2)
             v = conditional + self.config.guidance * (conditional - unconditional)
         else:
             v = self.unet(z_t, times, code)
-        alpha, sigma = (float(a) for a in alpha_sigma(torch.tensor(t, dtype=torch.float64)))
+        alpha, sigma = alpha_sigma(t)
         x = (alpha * z_t - sigma * v).clamp(-1, 1)
         return x, (z_t - alpha * x) / sigma
 
-    def ddim(self, z: torch.Tensor, code: torch.Tensor | None, times: torch.Tensor, on_step=None) -> torch.Tensor:
-        """Move z along the DDIM path through `times` (descending: denoise; ascending: invert)."""
-        for step, (t, s) in enumerate(zip(times[:-1].tolist(), times[1:].tolist())):
+    def ddim(self, z: torch.Tensor, code: torch.Tensor | None, times: list[float], on_progress=None) -> torch.Tensor:
+        """Move z along the DDIM path through `times` (descending: denoise; ascending: invert);
+        `on_progress(i, images)` sees each step's prediction of the image, and False stops there."""
+        for step, (t, s) in enumerate(zip(times[:-1], times[1:])):
             # Inversion evaluates the model at the point it starts from, as DDIM inversion does.
             x, eps = self.predict_image(z, t, code)
-            alpha_s, sigma_s = (float(a) for a in alpha_sigma(torch.tensor(s, dtype=torch.float64)))
+            alpha_s, sigma_s = alpha_sigma(s)
             z = alpha_s * x + sigma_s * eps
-            if on_step is not None:
-                on_step(step, x)
+            if on_progress is not None and on_progress(step, (x + 1) / 2) is False:
+                return x
         return z
 
-    def decode(self, z: torch.Tensor, steps: int | None = None, on_step=None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, steps: int | None = None, on_progress=None) -> torch.Tensor:
         """Latents [B, latent_dim] -> images [B, C, H, W] in [0, 1] by `steps` DDIM steps
         (the config's default when None)."""
         noise, code = self._split(z)
-        x = self.ddim(noise, code, time_grid(steps or self.config.steps).to(noise.device), on_step)
-        # The last step lands on t = 0, where the prediction is the image itself.
+        x = self.ddim(noise, code, time_grid(steps or self.config.steps), on_progress)
+        # The last step lands on t = 0, where z is the image itself.
         return ((x + 1) / 2).clamp(0, 1)
+
+    def invert(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> the latents that decode to them: DDIM run backwards from the image to the
+        noise, without a class (a class model's latent ends in its "no class" code)."""
+        code = self._no_class(images.shape[0])
+        noise = self.ddim(images * 2 - 1, code, time_grid(self.config.steps)[::-1])
+        return noise.flatten(1) if code is None else torch.cat([noise.flatten(1), code], dim=1)
+
+    # -- completion: RePaint --------------------------------------------------------------------
+
+    def completion_noise_for_seeds(self, seeds, cond: torch.Tensor | None = None) -> tuple:
+        """Per seed: the starting noise, the class code (`cond`'s, or none: the kept pixels lead),
+        and the seed of the generator that draws each step's fresh noise."""
+        starts, fresh = [], []
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
+            starts.append(torch.randn(1, *self.config.image_shape, generator=generator))
+            fresh.append(torch.randint(2**62, (1,), generator=generator))
+        codes = None if cond is None else self.class_codes()[cond.expand(len(starts))]
+        return torch.cat(starts), codes, torch.cat(fresh)
+
+    @torch.no_grad()
+    def complete_from_noise(self, images: torch.Tensor, known: torch.Tensor, noise: tuple,
+                            temperature: float = 1.0) -> torch.Tensor:
+        """The pixels where `known` is False drawn by RePaint: at each step the kept pixels are
+        the image noised to that step, the others an ancestral (DDPM) step from the model's
+        prediction; each step is taken `RESAMPLINGS` times, noised back in between."""
+        start, codes, fresh_seeds = noise
+        device = images.device
+        generators = [torch.Generator().manual_seed(int(s)) for s in fresh_seeds]
+
+        def fresh() -> torch.Tensor:  # one draw per image from its own generator: batch-proof
+            return torch.cat([torch.randn(1, *self.config.image_shape, generator=g) for g in generators]).to(device)
+
+        x0, known = images * 2 - 1, known.expand_as(images)
+        code = codes.to(device) if codes is not None else self._no_class(images.shape[0])
+        z = start.to(device) * temperature
+        times = time_grid(self.config.steps)
+        for t, s in zip(times[:-1], times[1:]):
+            alpha_t, sigma_t = alpha_sigma(t)
+            alpha_s, sigma_s = alpha_sigma(s)
+            for resampling in range(RESAMPLINGS):
+                x, eps = self.predict_image(z, t, code)
+                # The ancestral step: the posterior q(z_s | z_t, x) with x predicted.
+                ratio = (alpha_t / alpha_s) ** 2 * (sigma_s / sigma_t) ** 2 if s > 0 else 0.0
+                posterior_std = sigma_s * math.sqrt(max(0.0, 1 - ratio))
+                drawn = alpha_s * x + math.sqrt(max(0.0, sigma_s ** 2 - posterior_std ** 2)) * eps
+                drawn = drawn + posterior_std * fresh()
+                kept = alpha_s * x0 + sigma_s * fresh()
+                z_s = torch.where(known, kept, drawn)
+                if resampling == RESAMPLINGS - 1 or s == 0:
+                    break
+                # Noise back to t: q(z_t | z_s).
+                step_alpha = alpha_t / alpha_s
+                z = step_alpha * z_s + math.sqrt(max(0.0, sigma_t ** 2 - step_alpha ** 2 * sigma_s ** 2)) * fresh()
+            z = z_s
+        return torch.where(known, images, ((z + 1) / 2).clamp(0, 1))
+
+    # -- likelihood: the variational bound ------------------------------------------------------
+
+    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """An upper bound on -log p(x) in nats per image [B] (see `bound_terms`), given the class
+        `cond` [B] or, without one, under the model without a class."""
+        return -self.bound_terms(x, generator, cond)["bound"]
+
+    @torch.no_grad()
+    def bound_terms(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                    cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """log p(x) >= -(prior + diffusion + decoder) per image [B], x on the 8-bit grid in [0, 1]
+        (Kingma et al. 2021, discrete time): the prior KL at log-SNR -15; over `bound_steps` steps
+        s < t evenly spaced in log-SNR, 0.5 (SNR(s) - SNR(t)) |x - x_hat(z_t)|^2 with z_t drawn
+        once per step; and -log p(x | z_0) under a Gaussian of z_0 / alpha_0 binned to the levels."""
+        batch = x.shape[0]
+        levels = torch.round(x * (LEVELS - 1))
+        x = levels / (LEVELS - 1) * 2 - 1
+        code = (self.class_embedding(cond.to(x.device)) if cond is not None and self.config.n_classes
+                else self._no_class(batch))
+        lams = torch.linspace(LOGSNR_MIN, LOGSNR_MAX, self.config.bound_steps + 1, dtype=torch.float64)
+        snr = lams.exp()
+        diffusion = torch.zeros(batch, device=x.device)
+        for i in range(self.config.bound_steps):
+            t = float(time_of_logsnr(lams[i]))
+            alpha, sigma = alpha_sigma(t)
+            eps = torch.randn(x.shape, generator=generator, device=x.device) if generator is not None \
+                else torch.randn_like(x)
+            x_hat, _ = self.predict_image(alpha * x + sigma * eps, t, code)
+            diffusion += 0.5 * float(snr[i + 1] - snr[i]) * (x - x_hat).pow(2).flatten(1).sum(1)
+        alpha_0, sigma_0 = alpha_sigma(0.0)
+        alpha_1, sigma_1 = alpha_sigma(1.0)
+        prior = 0.5 * (alpha_1 ** 2 * x.pow(2) + sigma_1 ** 2 - 1 - math.log(sigma_1 ** 2)).flatten(1).sum(1)
+        # The decoder: z_0 = alpha_0 x + sigma_0 eps, p(level | z_0) a softmax over the levels.
+        eps = torch.randn(x.shape, generator=generator, device=x.device) if generator is not None else torch.randn_like(x)
+        z0 = (alpha_0 * x + sigma_0 * eps) / alpha_0
+        grid = torch.linspace(-1, 1, LEVELS, device=x.device)
+        logits = -(z0.unsqueeze(-1) - grid).pow(2) / (2 * (sigma_0 / alpha_0) ** 2)
+        decoder = -(logits.gather(-1, levels.long().unsqueeze(-1)).squeeze(-1)
+                    - logits.logsumexp(-1)).flatten(1).sum(1)
+        return {"bound": -(prior + diffusion + decoder), "kl": prior + diffusion}

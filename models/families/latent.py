@@ -41,11 +41,12 @@ def check_resolution(family: str, image_shape: tuple[int, int, int]) -> None:
 
 
 class LatentModel(Family):
-    """What the VAE and the DCGAN share: a prior over z (N(0, I) unless a subclass fits one) and a
-    decoder from z to images.
+    """What the latent families (VAE, DCGAN, diffusion) share: a prior over z (N(0, I) unless a
+    subclass fits one) and a decoder from z to images.
 
     Subclasses set `config.latent_dim` and `capabilities`, and define `decode(z)`."""
 
+    sampling = "latent"
     channels_last = True  # convolutional decoders run faster in that memory format on the CPU
     class_conditional = False  # classes come from the card's class latents, not from a label input
 
@@ -58,7 +59,7 @@ class LatentModel(Family):
         On the CPU, so that a seed means the same z on every device."""
         return torch.randn(n, self.config.latent_dim, generator=generator) * temperature
 
-    def noise_for_seeds(self, seeds) -> torch.Tensor:
+    def latent_noise_for_seeds(self, seeds) -> torch.Tensor:
         """One N(0, I) draw [len(seeds), latent_dim] per seed, from its own generator: the spread
         around a class's mean latent."""
         return torch.cat([torch.randn(1, self.config.latent_dim, generator=torch.Generator().manual_seed(s))
@@ -68,17 +69,6 @@ class LatentModel(Family):
         """The prior draw of each seed [len(seeds), latent_dim], from its own generator: the rule
         the API, the evaluation and the showcase share, so any picture can be redrawn by seed."""
         return torch.cat([self.sample_latents(1, torch.Generator().manual_seed(s), temperature) for s in seeds])
-
-    def declared_class_latents(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Each class's (mean, std) latent, where the prior itself knows the classes (a
-        class-conditional generator); None: evaluation finds them, from the encoder or from samples."""
-        return None
-
-    @torch.no_grad()
-    def sample_for_seeds(self, seeds, temperature: float = 1.0) -> torch.Tensor:
-        """The images of these seeds [len(seeds), C, H, W], as `POST .../samples` draws them."""
-        return self.decode(self.latents_for_seeds(seeds, temperature).to(next(self.parameters()).device))
-
 
 
 class ClassCodedLatent(LatentModel):

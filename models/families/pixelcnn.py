@@ -79,7 +79,7 @@ class PixelCNN(AutoregressiveModel):
         return self._horizontal_pass(inputs, self._vertical_pass(inputs, biases), biases)
 
     def stepper(self, cond: torch.Tensor | None, batch: int) -> "_GatedStepper":
-        return _GatedStepper(self, self._biases(cond), batch)
+        return _GatedStepper(self, cond, batch)
 
 
 class _GatedStepper:
@@ -104,8 +104,9 @@ class _GatedStepper:
 
     every_pixel = False  # the horizontal stack feeds no later row: rows given whole are skipped
 
-    def __init__(self, model: PixelCNN, class_biases: list, batch: int):
+    def __init__(self, model: PixelCNN, cond: torch.Tensor | None, batch: int):
         config = model.config
+        self.model = model
         self.batch = batch
         c_img, height, width = config.image_shape
         c = config.channels
@@ -118,7 +119,7 @@ class _GatedStepper:
         half = self.half
         groups = colour_slices(c, c_img)  # the channels of each colour
         self.blocks = []
-        for block, bias in zip(model.blocks, class_biases):
+        for block in model.blocks:
             c_in = c_img if block.first else c
             w_h = block.horizontal_conv.masked_weight[:, :, 0]  # [2c, c_in, taps]; tap s reads column j - half + s
             # Input at column q reaches column q + t through tap half - t: t = 1..half for a grayscale
@@ -126,9 +127,6 @@ class _GatedStepper:
             reach = range(0 if block.centre_tap else 1, half + 1)
             push = torch.cat([(w_h[:, :, half - t] * double_a[:, None]).t() for t in reach], dim=1)
             w_out = block.horizontal_out.masked_weight[:, :, 0, 0].t()  # [c, c]
-            h_bias = block.horizontal_conv.bias.expand(batch, 2 * c)
-            if bias is not None:
-                h_bias = h_bias + bias[:, 2 * c:]
             if block.first:  # its input is the image: a drawn sub-pixel pushes one table row
                 self.first_push = PixelPush(push, config.levels)
                 self.pushes_own_column = reach.start == 0
@@ -136,13 +134,11 @@ class _GatedStepper:
             self.blocks.append({
                 "vertical": RowConv(block.vertical_conv.weight, block.vertical_conv.bias),
                 "to_horizontal": (block.vertical_to_horizontal.bias, block.vertical_to_horizontal.weight[:, :, 0, 0].t()),
-                "v_bias": None if bias is None else bias[:, None, : 2 * c],
                 # The block's vertical input, channels last, padded as the convolution pads it,
                 # rows offset by half.
                 "v_in": torch.zeros(batch, height + half, width + 2 * half, c_in, **new),
                 "push": None if block.first else [push[group] for group in groups],  # per colour of the input
                 "first_reach": reach.start,
-                "h_bias": (h_bias * double_a)[:, None, :],
                 # Pre-activations of the current row, plus `half` columns that pushes may spill into.
                 "acc": torch.zeros(batch, (width + half) * 2 * c, **new),
                 # [(2 s_a - 1) s_b] W = [s_a s_b, s_b, 1] [2W; -W; bias]
@@ -158,6 +154,17 @@ class _GatedStepper:
             entry["sig"], entry["a"], entry["b"] = gates[:, : 2 * c], gates[:, :c], gates[:, c:2 * c]
         self.head = HeadStep(model.head, batch, c_img)
         self.zeros = torch.zeros(batch * width, 2 * c, **new)  # shift_down's first row
+        self.bind(cond)
+
+    def bind(self, cond: torch.Tensor | None) -> None:
+        """The class biases of `cond` (one class per image, or None), which `start_row` adds."""
+        c = self.c
+        for entry, block, bias in zip(self.blocks, self.model.blocks, self.model._biases(cond)):
+            h_bias = block.horizontal_conv.bias.expand(self.batch, 2 * c)
+            if bias is not None:
+                h_bias = h_bias + bias[:, 2 * c:]
+            entry["h_bias"] = (h_bias * self.double_a)[:, None, :]
+            entry["v_bias"] = None if bias is None else bias[:, None, : 2 * c]
 
     def start_row(self, i: int, images: torch.Tensor) -> None:
         """Row i - 1 of the vertical stack, and its contribution to row i of the horizontal one."""

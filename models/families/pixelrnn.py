@@ -133,6 +133,7 @@ class _RowLSTMStepper:
 
     def __init__(self, model: PixelRNN, cond: torch.Tensor | None, batch: int):
         config = model.config
+        self.model = model
         c_img, height, width = config.image_shape
         c, half = config.channels, config.first_kernel // 2
         self.batch, self.c, self.width, self.half = batch, c, width, half
@@ -159,24 +160,21 @@ class _RowLSTMStepper:
         self.layers = []
         for layer in model.layers:
             w_in = layer.input_to_state.masked_weight[:, :, 0]  # [4c, c, 2]: tap 0 reads column j - 1, tap 1 column j
-            bias = layer.input_to_state.bias.expand(batch, 4 * c)
-            if cond is not None:
-                bias = bias + layer.class_bias(cond)
             acc = torch.zeros(batch, (width + 1) * 4 * c, **new)
             # h of the current row, and a column of ones; one zero column each side, the padding
             # of the state-to-state convolution.
             padded = torch.ones(batch, width + 2, c + 1, **new)
             padded[:, [0, -1], :c] = 0
             states = padded[:, 1:-1]
-            cells = [torch.zeros(batch, width, c, **new) for _ in range(2)]  # c of this row and the last
+            cells = [torch.zeros(batch, width, c, **new) for _ in range(2)]  # c of this row and of the last
             push = torch.cat([(w_in[:, :, 1] * double_g[:, None]).t(), (w_in[:, :, 0] * double_g[:, None]).t()], 1)
             x = torch.empty(batch, c, **new)
             entry = {
                 "recurrent": RowConv(layer.state_to_state.weight.unsqueeze(2), None),
                 "padded_h": padded[:, None, :, :c],  # [B, 1, W + 2, c]
-                "bias": (bias * double_g)[:, None, :],
                 "push": [push[group] for group in groups],  # per colour of the input
                 "acc": acc, "states": states, "cells": cells,
+                "c": cells[0].unbind(1), "c_last": cells[1].unbind(1),
                 "w_out": torch.cat([layer.out.masked_weight[:, :, 0, 0].t(), layer.out.bias[None]]),
                 "sig": torch.empty(batch, 4 * c, **new), "tanh": torch.empty(batch, c, **new),
                 "x": x, "x_colours": [x[:, group] for group in groups],
@@ -189,6 +187,15 @@ class _RowLSTMStepper:
             entry["o"], entry["f"], entry["i"], entry["g"] = sig[:, :c], sig[:, c:2 * c], sig[:, 2 * c:3 * c], sig[:, 3 * c:]
             self.layers.append(entry)
         self.head = HeadStep(model.head, batch, c_img)
+        self.bind(cond)
+
+    def bind(self, cond: torch.Tensor | None) -> None:
+        """The class biases of `cond` (one class per image, or None), which `start_row` adds."""
+        for entry, layer in zip(self.layers, self.model.layers):
+            bias = layer.input_to_state.bias.expand(self.batch, 4 * self.c)
+            if cond is not None:
+                bias = bias + layer.class_bias(cond)
+            entry["bias"] = (bias * self.double_g)[:, None, :]
 
     def start_row(self, i: int, images: torch.Tensor) -> None:
         half, width, c = self.half, self.width, self.c
@@ -199,18 +206,17 @@ class _RowLSTMStepper:
         first[:, width:] = 0
         for entry in self.layers:
             cells = entry["cells"]
-            cells.reverse()  # this row's cells become the last row's
             acc = entry["acc"].view(self.batch, width + 1, 4 * c)
             if i == 0:
                 cells[1].zero_()
                 entry["states"][:, :, :c].zero_()
                 acc[:, :width] = entry["bias"]
             else:
+                # The last row's cells copied, not swapped for this row's: the steps read fixed memory.
+                cells[1].copy_(cells[0])
                 recurrent = entry["recurrent"](entry["padded_h"]).view(self.batch, width, 4 * c)
                 torch.addcmul(entry["bias"], recurrent, self.double_g, out=acc[:, :width])
             acc[:, width:] = 0
-            entry["c"] = list(cells[0].unbind(1))
-            entry["c_last"] = list(cells[1].unbind(1))
 
     def step(self, j: int, colour: int) -> torch.Tensor:
         """The logits of sub-pixel (i, j, colour): every layer's cell at column j."""

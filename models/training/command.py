@@ -1,14 +1,16 @@
 """Train a model family and write a servable checkpoint.
 
-    python -m models.train dcgan --out weights/dcgan
-    python -m models.train pixelcnn --epochs 10 --set channels=32 --resume
-    python -m models.train pixelcnn --epochs 12 --init-from weights/pixelcnn   # no state at hand
+    python -m models.train dcgan --out weights/dcgan-2
+    python -m models.train pixelcnn --epochs 10 --set channels=32 --out weights/pixelcnn-32 --resume
+    python -m models.train pixelcnn --epochs 12 --init-from weights/pixelcnn   # in place: no state at hand
     python -m models.train dcgan --dataset folder --data-dir my-images --image-size 32 --out weights/mine
-    torchrun --nproc-per-node 4 -m models.train vae --out weights/vae     # data-parallel (DDP)
+    torchrun --nproc-per-node 4 -m models.train vae --out weights/vae-ddp     # data-parallel (DDP)
 
-Defaults come from `models/configs/<family>.json` (the settings that produced the shipped
+Defaults come from the family's preset (`models/families/configs/<family>.json` for the shipped
+families: the settings that produced the shipped
 weights); flags override them. Every epoch (and every `--save-minutes` within one) the training
 state goes to `--state-dir` for `--resume`, and the weights, card and a sample grid to `--out`.
+A run replaces only a checkpoint and a state it wrote, or with --overwrite (models/training/targets.py).
 """
 
 from __future__ import annotations
@@ -31,21 +33,25 @@ from tqdm import tqdm
 from models.data.augment import parse_policy
 from models.checkpoint import build_model, load_checkpoint, resolve_device, save_checkpoint
 from models.data import DATASETS, FOLDER, DatasetError, load_dataset, to_float
-from models.families import FAMILIES
-from models.grid import save_grid
+from models.families import FAMILIES, FamilyError, discover_from_environment
+from models.grid import make_grid, png_bytes
+from models.training.targets import check_writable, claim, load_state, new_run_id, save_state
 from models.training.trainers import PRECISIONS, TRAINERS, extend_model
 
-CONFIG_DIR = Path(__file__).parent.parent / "configs"
 PREVIEW_SEED = 1234
 
 
 # -- the loop ---------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    try:
+        discover_from_environment()
+    except FamilyError as e:
+        raise SystemExit(f"error: {e}") from None
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", choices=sorted(FAMILIES))
-    parser.add_argument("--preset", type=Path, help="JSON of defaults (default: models/configs/FAMILY.json)")
+    parser.add_argument("--preset", type=Path, help="JSON of defaults (default: the family's preset_path(), models/families/configs/FAMILY.json)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override model config fields, e.g. channels=32 n_layers=5")
     parser.add_argument("--dataset", default=None, choices=DATASETS,
@@ -72,14 +78,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, help="generator EMA decay (dcgan)")
     parser.add_argument("--augment", metavar="POLICY",
                         help="differentiable augmentation of what the discriminator sees, e.g. color,translation,cutout (dcgan)")
-    parser.add_argument("--gan-loss", choices=["bce", "hinge"], help="the adversarial loss (dcgan)")
+    parser.add_argument("--gan-loss", choices=["bce", "hinge", "wasserstein"],
+                        help="an adversarial family's loss, instead of the one its game declares")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="the forward passes' arithmetic: bfloat16 autocast about doubles a CPU step where "
                              "the CPU has bfloat16 matrix units (AMX, AVX512-BF16); weights and optimiser stay float32")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--out", type=Path, help="checkpoint folder (default weights/FAMILY)")
+    parser.add_argument("--out", type=Path, help="checkpoint folder (default weights/FAMILY); a checkpoint already "
+                        "there is replaced only by the run that wrote it (--resume), by --init-from naming it, "
+                        "or with --overwrite")
     parser.add_argument("--name", help="the checkpoint's name in its card (default: the --out folder's name)")
-    parser.add_argument("--state-dir", type=Path, help="resumable training state (default runs/NAME)")
+    parser.add_argument("--state-dir", type=Path, help="resumable training state (default runs/NAME, NAME the "
+                        "--out folder's); another run's state there is replaced only with --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoint in --out and the state in --state-dir whoever wrote them")
     parser.add_argument("--resume", action="store_true", help="continue from --state-dir if it holds a state")
     parser.add_argument("--init-from", type=Path, help="start from this checkpoint's weights and training record")
     parser.add_argument("--train-only", metavar="PREFIX",
@@ -90,14 +102,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    preset_path = args.preset or CONFIG_DIR / f"{args.family}.json"
+    preset_path = args.preset or FAMILIES[args.family].preset_path()
     preset = json.loads(preset_path.read_text()) if preset_path.exists() else {}
     for key, value in preset.get("train", {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    # --beta1 and --gan-loss stay None unless given: the family's game (or Adam's default) decides.
     defaults = dict(dataset="fashion-mnist", epochs=1, batch_size=64, lr=1e-3, lr_decay=1.0, lr_schedule="exponential",
-                    beta1=0.9,
-                    grad_clip=0.0, ema=0.999, augment="", gan_loss="bce", precision="float32", seed=0, save_minutes=10.0)
+                    grad_clip=0.0, ema=0.999, augment="", precision="float32", seed=0, save_minutes=10.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -141,6 +153,7 @@ def hardware(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_writable(args)  # at start, not at the first save an epoch in
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world = 0, 1
     if distributed:  # launched by torchrun
@@ -192,28 +205,37 @@ def main(argv: list[str] | None = None) -> None:
                         budget_time_s=record.get("budget_time_s", record["wall_time_s"]), history=record.get("history", []))
     else:
         model = build_model(args.family, model_config).to(device)
+    if model.objective not in TRAINERS:
+        raise SystemExit(f"error: {args.family} declares no training objective: it is served, not trained here")
     trainer = TRAINERS[model.objective](model, args, distributed)  # the training its family declares
 
     state_file = args.state_dir / "state.pt"
     noise = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    state = None
     if args.resume and state_file.exists():
-        state = torch.load(state_file, map_location=device, weights_only=True)
-        trainer.load_state_dict(state["trainer"])
+        state = load_state(trainer, state_file, device)
         progress = state["progress"]
+        if "rng" in state and rank == 0:  # what draws from torch's own generator (a VAE's posterior samples)
+            torch.set_rng_state(state["rng"].cpu())
         noise.set_state(state["noise"])
         if is_main:
             print(f"resumed from {state_file}: epoch {progress['epoch']}, batch {progress['batch']}, "
                   f"step {progress['step']}", flush=True)
 
+    target = claim(args, state)  # before any training: never replace what this run was not asked to
+    progress.setdefault("run", new_run_id())
+
     def save() -> None:
+        """The checkpoint, then the state: a run killed between them resumes from the state before,
+        onto a checkpoint that is its own."""
         if not is_main:
             return
-        args.state_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"trainer": trainer.state_dict(), "progress": progress, "noise": noise.get_state()},
-                   args.state_dir / "state.pt.tmp")
-        os.replace(args.state_dir / "state.pt.tmp", state_file)
+        rng = torch.get_rng_state()  # a save leaves the run's randomness as it found it
         exported = trainer.export()
-        save_checkpoint(exported, args.out, {
+        # A glance at every save (on a small folder, saves within epochs are the only ones for long)
+        preview = sample_preview(exported)
+        target.check()
+        card = save_checkpoint(exported, args.out, {
             "name": args.name or args.out.name,
             "dataset": args.dataset,
             **({"data_dir": args.data_dir} if args.dataset == FOLDER else {}),
@@ -235,13 +257,15 @@ def main(argv: list[str] | None = None) -> None:
                 "train_images": len(train),
                 "history": progress["history"],
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "run": progress["run"],
+                **trainer.record(),
             },
             "metrics": {},
-        })
-        # A glance at every save (on a small folder, saves within epochs are the only ones for long)
-        preview = sample_preview(exported)
-        if preview is not None:
-            save_grid(preview, args.out / "samples.png", nrow=8)
+        }, extra_files={} if preview is None else {"samples.png": png_bytes(make_grid(preview, nrow=8))})
+        target.wrote(card["sha256"])
+        save_state({"trainer": trainer.state_dict(), "progress": progress, "noise": noise.get_state(), "rng": rng},
+                   state_file)
+        torch.set_rng_state(rng)
 
     last_save = time.monotonic()
     done = False
@@ -251,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         bar = tqdm(range(progress["batch"], batches_per_epoch), desc=f"{args.family} epoch {epoch + 1}/{args.epochs}",
                    disable=args.quiet or not is_main, mininterval=5, dynamic_ncols=True)
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a figure logged on some steps only (a GAN's loss_g) averages over those
         for batch in bar:
             start, start_cpu = time.monotonic(), time.process_time()
             rate = learning_rate(args, progress, batches_per_epoch)
@@ -271,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                 else (time.process_time() - start_cpu) / torch.get_num_threads())
             for k, v in logs.items():
                 totals[k] = totals.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             if batch % 20 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
             if (args.max_steps and progress["step"] >= args.max_steps
@@ -281,8 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                 save()
                 last_save = time.monotonic()
         if progress["batch"] >= batches_per_epoch:
-            progress["history"].append({"epoch": epoch + 1, **{k: round(v / len(bar), 4) for k, v in totals.items()}}
-                                       if len(bar) else {"epoch": epoch + 1})
+            progress["history"].append({"epoch": epoch + 1, **{k: round(v / counts[k], 4) for k, v in totals.items()}})
             progress["epoch"] += 1
             progress["batch"] = 0
             if is_main:
@@ -305,6 +330,16 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
+    if is_main:
+        print(serving_hint(args.out, model), flush=True)
+
+
+def serving_hint(out: Path, model: nn.Module) -> str:
+    """A run's last line: where its checkpoint is, and the command that serves it."""
+    if not model.capabilities:  # a classifier: evaluation's feature extractor, never served
+        return f"saved {out}: score a generator with it by `python -m models.evaluate weights/NAME --classifier {out}`"
+    return (f"saved {out}: serve it with `genserve serve --weights-dir {out.parent}` (a server already running on "
+            f"that folder picks it up with `genserve reload`), then open http://127.0.0.1:8000/?model={out.name}")
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -46,7 +45,11 @@ def extend_model(model: nn.Module, config: dict) -> nn.Module:
     """A module of `model`'s family built from `config`, holding `model`'s weights: the parts the
     config adds start from their initialisation; every weight of `model` must fit the new one."""
     extended = build_model(model.family, config)
-    _, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    try:
+        _, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    except RuntimeError as e:  # torch's several lines, one per weight whose shape the config changes
+        changed = [line.strip() for line in str(e).splitlines() if line.strip().startswith("size mismatch")]
+        raise SystemExit(f"error: the new config changes the shape of trained weights: {'; '.join(changed[:2])}") from None
     if unexpected:
         raise SystemExit(f"error: the new config drops weights of the checkpoint: {unexpected[:5]}")
     return extended
@@ -100,7 +103,8 @@ class LossTrainer:
         self.parameters = trainable_parameters(model, args.train_only)
         objective = Objective(model)
         self.objective = DistributedDataParallel(objective) if distributed else objective
-        self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(args.beta1, 0.999))
+        beta1 = 0.9 if args.beta1 is None else args.beta1  # Adam's own default
+        self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr, betas=(beta1, 0.999))
         self.grad_clip = args.grad_clip
         self.args = args
         self.average = None
@@ -137,6 +141,10 @@ class LossTrainer:
             else:  # a state saved without an average: it starts from the weights
                 self.average = WeightAverage(self.model, self.average.average, self.average.decay)
 
+    def record(self) -> dict:
+        """What the card's training record says of this trainer beyond the command."""
+        return {} if self.average is None else {"weight_average_decay": self.average.decay}
+
     @torch.no_grad()
     def export(self) -> nn.Module:
         if self.average is None:
@@ -148,55 +156,63 @@ class LossTrainer:
 
 
 class GANTrainer:
-    """A family whose objective is "adversarial" (the DCGAN): the non-saturating game between its
-    `adversarial_parts()`, plus an exponential moving average of the generator
-    (what is shipped; its batchnorm statistics are re-estimated before each export)."""
+    """A family whose objective is "adversarial": the game its `adversarial_game()` declares
+    between its `adversarial_parts()` (losses, gradient penalty, critic steps, Adam's betas, each
+    overridden by a flag given), plus an exponential moving average of the generator (what is
+    shipped; its batchnorm statistics are re-estimated before each export). Each step is one
+    critic update on its batch; every `critic_steps`-th also updates the generator."""
 
     def __init__(self, model: Family, args, distributed: bool):
         self.model = model
         wrap = DistributedDataParallel if distributed else (lambda m: m)
-        generator, discriminator = model.adversarial_parts()
+        generator, critic = model.adversarial_parts()
         self.generator = wrap(generator)
-        self.discriminator = wrap(discriminator)
-        betas = (args.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas)
-        self.hinge = args.gan_loss == "hinge"
+        self.critic = wrap(critic)
+        game = model.adversarial_game()
+        self.game = dataclasses.replace(
+            game, loss=args.gan_loss or game.loss,
+            betas=(args.beta1, game.betas[1]) if args.beta1 is not None else game.betas)
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=self.game.betas)
+        self.opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=self.game.betas)
         ema = build_model(model.family, dataclasses.asdict(model.config)).adversarial_parts()[0].to(args.device)
         self.average = WeightAverage(generator, ema, args.ema)
         self.augmentation = parse_policy(args.augment)
+        self.critic_updates = 0
         self.args = args
 
     def step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Generator) -> dict:
         self.model.train()
         z, fake_labels = self.model.adversarial_inputs(y, noise)
         real_labels = None if fake_labels is None else y
-        with forward_precision(self.args):
+        generator_turn = (self.critic_updates + 1) % self.game.critic_steps == 0
+        # A critic-only step needs no graph through the generator (nor does DDP expect one).
+        with forward_precision(self.args), torch.set_grad_enabled(generator_turn):
             fake = (self.generator(z.to(x.device), fake_labels) + 1) / 2
-            # Discriminator: real -> 1, fake -> 0 (cross-entropy), or real >= 1, fake <= -1 (hinge).
-            d_real = self.discriminator(self.seen(x, noise), real_labels).float()
-            d_fake = self.discriminator(self.seen(fake.detach(), noise), fake_labels).float()
-            if self.hinge:
-                loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-            else:
-                loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                          + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        with forward_precision(self.args):
+            real_seen, fake_seen = self.seen(x, noise), self.seen(fake.detach(), noise)
+            d_real = self.critic(real_seen, real_labels).float()
+            d_fake = self.critic(fake_seen, fake_labels).float()
+            loss_d = self.model.critic_loss(d_real, d_fake, self.game)
+        if self.game.gradient_penalty:
+            penalty = gradient_penalty(self.critic, real_seen, fake_seen, real_labels, noise)
+            loss_d = loss_d + self.game.gradient_penalty * penalty
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        # Generator: raise the discriminator's score of the fakes (the non-saturating loss).
+        self.critic_updates += 1
+        logs = {"loss_d": loss_d.item(), "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        if self.game.loss == "bce":  # scores as probabilities, as the DCGAN's logs always read
+            logs.update(d_real=torch.sigmoid(d_real).mean().item(), d_fake=torch.sigmoid(d_fake).mean().item())
+        if not generator_turn:
+            return logs
+        # Generator: raise the critic's score of the fakes.
         with forward_precision(self.args):
-            d_fake_for_g = self.discriminator(self.seen(fake, noise), fake_labels).float()
-            if self.hinge:
-                loss_g = -d_fake_for_g.mean()
-            else:
-                loss_g = F.binary_cross_entropy_with_logits(d_fake_for_g, torch.ones_like(d_fake_for_g))
+            loss_g = self.model.generator_loss(self.critic(self.seen(fake, noise), fake_labels).float(), self.game)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         self.average.update()
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
+        return {**logs, "loss_g": loss_g.item()}
 
     def seen(self, images: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         """Images [0, 1] as the discriminator sees them: through `--augment`'s transforms, if any,
@@ -208,13 +224,18 @@ class GANTrainer:
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_g, self.opt_d]
 
+    def record(self) -> dict:
+        """The game played, as the card records it (the family's, with the flags' overrides)."""
+        return {"game": dataclasses.asdict(self.game), "weight_average_decay": self.average.decay}
+
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), **self.average.state_dict(),
+        return {"model": self.model.state_dict(), **self.average.state_dict(), "critic_updates": self.critic_updates,
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.average.load_state_dict(state)
+        self.critic_updates = state.get("critic_updates", 0)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
 
@@ -238,6 +259,17 @@ class GANTrainer:
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = 0.1
         return exported.eval()
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
+                     noise: torch.Generator) -> torch.Tensor:
+    """WGAN-GP's penalty (Gulrajani et al. 2017): E (|grad D(x_hat)|_2 - 1)^2 at x_hat drawn
+    uniformly between each real image and a fake (the fakes' graph cut: only D is penalised)."""
+    share = torch.rand(real.shape[0], 1, 1, 1, generator=noise).to(real)
+    between = (share * real.detach() + (1 - share) * fake.detach()).requires_grad_(True)
+    scores = critic(between, labels).float()
+    (gradient,) = torch.autograd.grad(scores.sum(), between, create_graph=True)
+    return (gradient.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
 TRAINERS = {"loss": LossTrainer, "adversarial": GANTrainer}

@@ -17,7 +17,7 @@ from apptest import b64png, encode_png, grid_shape, png
 pytestmark = pytest.mark.anyio
 
 # Capabilities that say how a model does something, not what it serves: no endpoint of their own.
-DESCRIPTIVE = {"encoder", "project", "encode"}
+DESCRIPTIVE = {"encoder", "invert", "project", "encode"}
 STREAM = {"accept": "text/event-stream"}
 
 
@@ -57,13 +57,19 @@ async def check_samples(client, info):
 
 
 async def check_stream(client, info):
-    """A model that streams sends a progress event per row; any other model one done event."""
+    """A model that streams sends a progress event per row (or denoising step: as many as a row
+    model has rows, or a stepped sampler its default steps), numbered in order; any other model
+    one done event."""
     answer = await client.post(f"/v1/models/{info['name']}/samples", json={"n": 1, "seed": 2}, headers=STREAM)
     if answer.status_code == 200:
         assert answer.headers["content-type"].startswith("text/event-stream")
         blocks = answer.text.strip().split("\n\n")
-        rows = info["image_shape"][1] if "stream" in info["capabilities"] else 0
-        assert [block.split("\n", 1)[0] for block in blocks] == ["event: progress"] * rows + ["event: done"]
+        unit, count = ("step", info["sampling_steps"][0]) if info["sampling_steps"] else ("row", info["image_shape"][1])
+        if "stream" not in info["capabilities"]:
+            count = 0
+        assert [block.split("\n", 1)[0] for block in blocks] == ["event: progress"] * count + ["event: done"]
+        progress = [json.loads(block.split("data: ", 1)[1]) for block in blocks[:-1]]
+        assert [(event[unit], event[f"{unit}s"]) for event in progress] == [(i, count) for i in range(count)]
         done = json.loads(blocks[-1].split("data: ", 1)[1])
         assert png(base64.b64decode(done["image"])).shape == grid(info, 1, None)
     return answer

@@ -34,6 +34,7 @@ class LinearDecoder(LatentModel):
     Config = LinearDecoderConfig
     summary = "A linear map from a 4-d latent to pixels (a test family)."
     capabilities = ("sample", "interpolate")
+    objective = None  # served only
 
     def __init__(self, config: LinearDecoderConfig):
         super().__init__()
@@ -78,12 +79,14 @@ async def test_a_registered_family_is_served_by_what_it_declares(tmp_path, regis
 
 
 
-def test_a_family_that_bounds_nothing_still_gets_no_latent_beyond_the_api_cap(registered):
-    """A card may ask an undeclared field for up to 4096; the API's latent vectors stop at
-    MAX_LATENT_DIM, so a latent space beyond it is refused when the module is built."""
+def test_no_family_builds_a_latent_beyond_the_card_cap(registered):
+    """A card may ask an undeclared field for up to 4096, and a diffusion model's latent is its
+    noise image: whatever a config allows, a latent space beyond MAX_LATENT_DIM is refused when
+    the module is built."""
     from models.card import MAX_LATENT_DIM
     from models.checkpoint import CheckpointError, build_model
 
-    assert build_model("linear-decoder", {"latent_dim": MAX_LATENT_DIM}, "meta").latent_dim == MAX_LATENT_DIM
-    with pytest.raises(CheckpointError, match=f"latent_dim {MAX_LATENT_DIM + 1} is above {MAX_LATENT_DIM}"):
-        build_model("linear-decoder", {"latent_dim": MAX_LATENT_DIM + 1}, "meta")
+    assert build_model("linear-decoder", {"latent_dim": 4096}, "meta").latent_dim == 4096
+    assert build_model("diffusion", {"image_shape": [3, 64, 64], "n_classes": 10}, "meta").latent_dim <= MAX_LATENT_DIM
+    with pytest.raises(CheckpointError, match=f"latent_dim {3 * 128 * 128} is above {MAX_LATENT_DIM}"):
+        build_model("diffusion", {"image_shape": [3, 128, 128]}, "meta")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import random
+import struct
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from PIL import Image
 
 from app.imaging import ImageError, decode_base64, grid_png, load_image, pngs_base64
+from models.data import folder
 from models.grid import to_uint8
 
 GRAY = (1, 28, 28)
@@ -128,3 +131,63 @@ def test_gray_levels_round_to_nearest_half_to_even_and_clamp():
     images = values.view(-1, 1, 1, 1)
     expected = images.clamp(0, 1).mul(255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
     assert np.array_equal(to_uint8(images), expected)
+
+
+# -- EXIF (issue 37): an orientation that can be read turns the image, anything else is ignored ---
+
+def tiff(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """An EXIF block (a little-endian TIFF header and one IFD) of (tag, type, count, value bytes)."""
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    table, data = struct.pack("<H", len(entries)), b""
+    for tag, kind, count, value in entries:
+        if len(value) <= 4:
+            table += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0")
+        else:
+            table += struct.pack("<HHII", tag, kind, count, data_offset + len(data))
+            data += value
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + table + struct.pack("<I", 0) + data
+
+
+ORIENTATION, X_RESOLUTION, Y_RESOLUTION, SOFTWARE, EXIF_IFD = 0x0112, 0x011A, 0x011B, 0x0131, 0x8769
+SHORT, ASCII, LONG, RATIONAL = 3, 2, 4, 5
+TURNED = tiff([(ORIENTATION, SHORT, 1, struct.pack("<H", 6)), (X_RESOLUTION, RATIONAL, 1, struct.pack("<II", 72, 1)),
+               (Y_RESOLUTION, RATIONAL, 1, struct.pack("<II", 72, 1)), (SOFTWARE, ASCII, 6, b"genny\0"),
+               (EXIF_IFD, LONG, 1, struct.pack("<I", 8))])
+
+
+def wide_ramp() -> np.ndarray:
+    """A 40 x 20 picture whose every turn differs: the orientation applied is visible."""
+    return (np.arange(20 * 40).reshape(20, 40) % 251).astype(np.uint8)
+
+
+def test_the_issues_exif_decodes_upright_in_uploads_and_folders(tmp_path):
+    """Issue 37's 150-byte PNG: Orientation 6 beside a YResolution typed as text once gave a 500
+    (TypeError in ImageOps.exif_transpose) and aborted folder training. Its orientation is read
+    and applied; the bad tag is ignored."""
+    exif = tiff([(ORIENTATION, SHORT, 1, struct.pack("<H", 6)), (Y_RESOLUTION, ASCII, 4, b"abc\0")])
+    payload = encoded(Image.fromarray(wide_ramp()), exif=exif)
+    turned = np.rot90(wide_ramp(), -1)  # orientation 6: turn 90 degrees clockwise
+    x = load_image(payload, (1, 40, 20), MiB)
+    assert np.array_equal((x[0, 0] * 255).round().byte().numpy(), turned)
+    (tmp_path / "odd.png").write_bytes(payload)
+    assert np.array_equal(folder.decode_image(tmp_path / "odd.png", 20)[:, :, 0], turned[10:30])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's word on each corrupt tag it skips
+def test_fuzzed_exif_never_stops_an_image_from_decoding(tmp_path):
+    """Seeded byte mutations of a camera-like EXIF block, in a PNG and a JPEG: every one decodes,
+    as an upload and as a training-folder file (the old path raised TypeError, struct.error,
+    AttributeError or SyntaxError on 1 in 150)."""
+    rng = random.Random(37)
+    picture = Image.fromarray(wide_ramp())
+    for case in range(300):
+        exif = bytearray(TURNED)
+        for _ in range(rng.randint(1, 4)):
+            exif[rng.randrange(6, len(exif))] = rng.randrange(256)  # past "Exif\0\0", which names the block
+        kind = ("PNG", "JPEG")[case % 2]
+        payload = encoded(picture, kind, exif=bytes(exif))
+        x = load_image(payload, (1, 28, 28), MiB)
+        assert x.shape == (1, 1, 28, 28), case
+        path = tmp_path / f"{case}.{kind.lower()}"
+        path.write_bytes(payload)
+        assert folder.decode_image(path, 16).shape == (16, 16, 3), case

@@ -97,7 +97,9 @@ async def test_head_answers_every_get_route_as_get_without_the_body(weights_dir)
         assert (await client.head("/v1/models/dcgan/samples")).status_code == 405  # POST only, as for GET
 
 
-async def test_concurrent_admin_reloads_run_one_load(weights_dir):
+async def test_concurrent_admin_reloads_queue_one_load_behind_the_one_running(weights_dir):
+    """A reload runs a load; the 15 asked for while it runs share one more (which reads the folders
+    afresh: tests/app/test_reload.py), not 15."""
     auth = {"Authorization": "Bearer s3cret"}
     async with serving(weights_dir, admin_token="s3cret") as client:
         registry = client.app.state.registry
@@ -110,7 +112,12 @@ async def test_concurrent_admin_reloads_run_one_load(weights_dir):
             assert release.wait(DEADLINE_S), "the reload was never released"
             original()
         registry._load = slow_load
-        reloads = [asyncio.ensure_future(client.post("/v1/admin/reload", headers=auth)) for _ in range(16)]
+        reloads = [asyncio.ensure_future(client.post("/v1/admin/reload", headers=auth))]
+
+        async def running() -> bool:
+            return loads == 1
+        await until_async(running, "the first reload's load to run")
+        reloads += [asyncio.ensure_future(client.post("/v1/admin/reload", headers=auth)) for _ in range(15)]
 
         async def all_arrived() -> bool:
             return metric((await client.get("/metrics")).text, "genserve_requests_in_progress") >= 17
@@ -119,6 +126,6 @@ async def test_concurrent_admin_reloads_run_one_load(weights_dir):
         responses = await asyncio.gather(*reloads)
         assert [r.status_code for r in responses] == [200] * 16
         assert all(r.json()["ready"] for r in responses)
-        assert loads == 1
-        assert (await client.post("/v1/admin/reload", headers=auth)).status_code == 200  # and the next one runs
         assert loads == 2
+        assert (await client.post("/v1/admin/reload", headers=auth)).status_code == 200  # and the next one runs
+        assert loads == 3

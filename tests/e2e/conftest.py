@@ -106,6 +106,66 @@ def server(tmp_path_factory) -> Iterator[Server]:
         yield running
 
 
+# A colour model of its own for the page's tests: a tiny DCGAN at 3x32x32, untrained (random weights
+# draw colourful noise), with class latents for two classes and a small latent map, so that every
+# control of the page has something to do.
+COLOUR_MODEL = "dcgan-colour"
+COLOUR_SHAPE = (3, 32, 32)
+COLOUR_CLASSES = ["warm", "cool"]
+COLOUR_LATENT_DIM = 8
+MANY = 9  # the models of the issue's first view: the shipped ones and a user's
+
+
+def save_colour_dcgan(folder: Path) -> None:
+    import numpy as np
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.families.dcgan import DCGAN, DCGANConfig
+
+    torch.manual_seed(0)
+    model = DCGAN(DCGANConfig(image_shape=COLOUR_SHAPE, latent_dim=COLOUR_LATENT_DIM, generator_width=4,
+                              discriminator_width=4))
+    axis = np.eye(COLOUR_LATENT_DIM).tolist()
+    save_checkpoint(model, folder, {
+        "name": COLOUR_MODEL,
+        "dataset": "synthetic-colour",
+        "classes": COLOUR_CLASSES,
+        "image_shape": list(COLOUR_SHAPE),
+        "background": "white",  # as a folder's images are composited: the pad's paper starts white
+        "class_latents": {"warm": {"mean": axis[0], "std": [1.0] * COLOUR_LATENT_DIM},
+                          "cool": {"mean": axis[1], "std": [1.0] * COLOUR_LATENT_DIM}},
+        "latent_map": {"images": 4, "mean": [0.0] * COLOUR_LATENT_DIM, "components": axis[:2],
+                       "explained_variance": [0.3, 0.2],
+                       "points": [[-1.0, -1.0, 0], [-0.5, 1.0, 0], [1.0, 0.5, 1], [0.8, -1.0, 1]]},
+    })
+
+
+@pytest.fixture(scope="package")
+def many_server(tmp_path_factory) -> Iterator[Server]:
+    """The shipped models (linked), the colour model, and copies of shipped ones under a user's names
+    up to MANY models in all: a server of its own, started once for the package."""
+    from app.registry import servable
+    from models.checkpoint import read_card
+
+    weights = tmp_path_factory.mktemp("many-weights")
+    shipped = [folder for folder in sorted(weights_dir().iterdir())
+               if (folder / "card.json").is_file() and servable(read_card(folder)["family"])]
+    for folder in shipped:
+        (weights / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    save_colour_dcgan(weights / COLOUR_MODEL)
+    for folder in shipped[:max(0, MANY - len(shipped) - 1)]:
+        (weights / f"my-{folder.name}").symlink_to(folder.resolve(), target_is_directory=True)
+    with serve(weights, tmp_path_factory.mktemp("many-server") / "uvicorn.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="package")
+def many_api(many_server):
+    with httpx.Client(base_url=many_server.url, timeout=300) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def api(server):
     """An httpx client of the same server, to check what the page shows against the API."""

@@ -1,8 +1,6 @@
 """A colour model's page in Chromium: a random-initialised 3x32x32 DCGAN served beside the shipped
-28x28 grayscale models, and every tab drawing it in colour at its own size.
-
-The server of this module serves its own weights folder (the shipped models, linked, plus the
-colour one), so it starts once here, apart from the session's server of the shipped weights.
+28x28 grayscale models (the package's server of nine models, tests/e2e/conftest.py), and every tab
+drawing it in colour at its own size, with defaults that are its own.
 """
 
 from __future__ import annotations
@@ -10,23 +8,15 @@ from __future__ import annotations
 import base64
 import io
 
-import httpx
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
-from .conftest import open_page, require_browser, serve, wait_until, weights_dir
+from .conftest import COLOUR_CLASSES, COLOUR_MODEL, COLOUR_SHAPE as SHAPE, open_page, require_browser, wait_until
 from .test_page import api_images, choose_model, draw_stroke, loaded_images, shot
 
 require_browser()
 
 from playwright.sync_api import expect  # noqa: E402
-
-COLOUR_MODEL = "dcgan-colour"
-SHAPE = (3, 32, 32)
-CLASSES = ["warm", "cool"]
-LATENT_DIM = 8
 
 # How many pixels of an <img> or <canvas> have channels that differ (R != G or G != B), read back
 # from a canvas: 0 for a grayscale picture, most of them for a colourful one.
@@ -44,46 +34,6 @@ COLOURFUL_PIXELS = """source => {
 PAD_PIXEL = "([x, y]) => [...document.querySelector('#pad').getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3)]"
 
 
-def save_colour_dcgan(folder) -> None:
-    """A tiny DCGAN at 3x32x32, untrained (random weights draw colourful noise), with class latents
-    for two classes and a small latent map, so that every control of the page has something to do."""
-    from models.checkpoint import save_checkpoint
-    from models.families.dcgan import DCGAN, DCGANConfig
-
-    torch.manual_seed(0)
-    model = DCGAN(DCGANConfig(image_shape=SHAPE, latent_dim=LATENT_DIM, generator_width=4, discriminator_width=4))
-    axis = np.eye(LATENT_DIM).tolist()
-    save_checkpoint(model, folder, {
-        "name": COLOUR_MODEL,
-        "dataset": "synthetic-colour",
-        "classes": CLASSES,
-        "image_shape": list(SHAPE),
-        "background": "white",  # as a folder's images are composited: the pad's paper starts white
-        "class_latents": {"warm": {"mean": axis[0], "std": [1.0] * LATENT_DIM},
-                          "cool": {"mean": axis[1], "std": [1.0] * LATENT_DIM}},
-        "latent_map": {"images": 4, "mean": [0.0] * LATENT_DIM, "components": axis[:2],
-                       "explained_variance": [0.3, 0.2],
-                       "points": [[-1.0, -1.0, 0], [-0.5, 1.0, 0], [1.0, 0.5, 1], [0.8, -1.0, 1]]},
-    })
-
-
-@pytest.fixture(scope="module")
-def colour_server(tmp_path_factory):
-    weights = tmp_path_factory.mktemp("colour-weights")
-    for shipped in weights_dir().iterdir():
-        if shipped.is_dir():
-            (weights / shipped.name).symlink_to(shipped.resolve(), target_is_directory=True)
-    save_colour_dcgan(weights / COLOUR_MODEL)
-    with serve(weights, tmp_path_factory.mktemp("colour-server") / "uvicorn.log") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def colour_api(colour_server):
-    with httpx.Client(base_url=colour_server.url, timeout=300) as client:
-        yield client
-
-
 def rgb(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
 
@@ -99,11 +49,11 @@ def assert_model_sized_colour_images(locator, count: int) -> None:
         assert abs(box["width"] - box["height"]) <= 1, f"{img.get_attribute('alt')} is shown {box}"
 
 
-def test_a_colour_model_is_drawn_in_colour_at_its_size(browser, colour_server, colour_api, console, artifacts,
+def test_a_colour_model_is_drawn_in_colour_at_its_size(browser, many_server, many_api, console, artifacts,
                                                        tmp_path):
-    models = {m["name"]: m for m in colour_api.get("/v1/models").raise_for_status().json()["models"]}
+    models = {m["name"]: m for m in many_api.get("/v1/models").raise_for_status().json()["models"]}
     assert models[COLOUR_MODEL]["image_shape"] == list(SHAPE)
-    page = open_page(browser, colour_server, console, viewport={"width": 1280, "height": 900})
+    page = open_page(browser, many_server, console, viewport={"width": 1280, "height": 900})
     try:
         page.goto("/?n=4&seed=1")  # the only page load: the first model, a grayscale DCGAN, samples
 
@@ -112,8 +62,6 @@ def test_a_colour_model_is_drawn_in_colour_at_its_size(browser, colour_server, c
         expect(served).to_contain_text("trained on small grayscale and colour pictures (28×28 and 32×32)")
         for family in {m["family"] for m in models.values()}:
             expect(served).to_contain_text(family, ignore_case=True)
-        card = page.locator("label.model-card").filter(has=page.locator(f'input[value="{COLOUR_MODEL}"]'))
-        expect(card.locator(".meta")).to_contain_text("32×32 colour")
 
         # The grayscale model's samples read back gray: the colour check below can tell.
         gray = page.locator("#sample-result img")
@@ -122,15 +70,16 @@ def test_a_colour_model_is_drawn_in_colour_at_its_size(browser, colour_server, c
 
         # Sample: the API's own 32x32 RGB images, shown as they are.
         choose_model(page, COLOUR_MODEL)
+        expect(page.locator("#about-body .meta")).to_contain_text("32×32 colour")
         samples = page.locator("#sample-result img")
         expect(samples.first).to_have_attribute("alt", f"{COLOUR_MODEL} sample 1 of 4, seed 1")
         assert_model_sized_colour_images(samples, 4)
-        expected = api_images(colour_api, COLOUR_MODEL, "samples", {"n": 4, "seed": 1})["images"]
+        expected = api_images(many_api, COLOUR_MODEL, "samples", {"n": 4, "seed": 1})["images"]
         shown = samples.evaluate_all("els => els.map(e => e.src.split(',')[1])")
         for i, (a, b) in enumerate(zip(shown, expected)):
             assert np.abs(rgb(a) - rgb(b)).max() <= 1, f"sample {i} differs from the API's"
         # A streamed grid (2 px padding) is cut into cells of the model's size, in colour.
-        grid = base64.b64encode(colour_api.post(f"/v1/models/{COLOUR_MODEL}/samples", json={"n": 4, "seed": 1})
+        grid = base64.b64encode(many_api.post(f"/v1/models/{COLOUR_MODEL}/samples", json={"n": 4, "seed": 1})
                                 .raise_for_status().content).decode()
         assert Image.open(io.BytesIO(base64.b64decode(grid))).size == (2 + 2 * (32 + 2), 2 + 2 * (32 + 2))
         cells = page.evaluate("""async (grid) => {
@@ -151,8 +100,15 @@ def test_a_colour_model_is_drawn_in_colour_at_its_size(browser, colour_server, c
         dots.first.click()
         assert_model_sized_colour_images(page.locator(".map-pick img"), 1)
         shot(page, artifacts, "colour-traverse")
+        # Arithmetic starts from the model's own classes (the grayscale model's were chosen before),
+        # A and B apart.
         page.get_by_role("tab", name="Arithmetic").click()
         assert_model_sized_colour_images(page.locator("#arithmetic-equation img"), 4)
+        terms = [page.locator(f'#panel-arithmetic fieldset[data-latent="{name}"] select').input_value()
+                 for name in "abc"]
+        assert set(terms) <= set(COLOUR_CLASSES) and terms[0] != terms[1], terms
+        expect(page.locator("#arithmetic-equation figcaption")).to_have_text(
+            [f"A: {terms[0]}", f"B: {terms[1]}", f"C: {terms[2]}", "result"])
 
         # Draw: a 32x32 pad in colour; an upload keeps its colour, fitted on the paper.
         page.get_by_role("tab", name="Draw or upload").click()

@@ -1,5 +1,5 @@
-"""The latent explorer in Chromium: model cards with charts, the Traverse tab and the 2-D manifold,
-the VAE's latent map, and PixelCNN samples drawn row by row from the event stream."""
+"""The latent explorer in Chromium: the Traverse tab and the 2-D manifold, the VAE's latent map, and
+PixelCNN samples drawn row by row from the event stream."""
 
 from __future__ import annotations
 
@@ -12,28 +12,6 @@ from .test_page import api_images, assert_same_images, loaded_images, shot
 require_browser()
 
 from playwright.sync_api import expect  # noqa: E402
-
-HEADLINES = 4
-
-
-def test_model_cards_show_a_few_figures_a_class_chart_and_fold_the_rest(page, models, artifacts):
-    page.goto("/?n=1")
-    for name, info in models.items():
-        card = page.locator("label.model-card").filter(has=page.locator(f'input[value="{name}"]'))
-        expect(card.locator(".meta")).to_contain_text("parameters")
-        headline = card.locator(":scope > div > dl.metrics dt")
-        assert 1 <= headline.count() <= HEADLINES
-        folded = card.locator("details")
-        expect(folded).not_to_have_attribute("open", "")
-        assert folded.locator("dt").count() >= 1 and not folded.locator("dt").first.is_visible()
-        shares = info["metrics"].get("class_shares")
-        if shares:
-            bars = card.locator("svg.shares rect")
-            expect(bars).to_have_count(len(shares))
-            heights = {bar.get_attribute("data-class"): float(bar.get_attribute("height")) for bar in bars.all()}
-            assert max(heights, key=heights.get) == max(shares, key=shares.get)
-            assert all(heights[a] >= heights[b] for a in shares for b in shares if shares[a] > shares[b])
-    shot(page, artifacts, "model-cards")
 
 
 def test_traverse_tab_walks_dimensions_and_toward_a_class(page, api, models, artifacts):

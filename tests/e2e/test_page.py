@@ -100,31 +100,70 @@ def shot(page, artifacts, name: str) -> None:
 
 # -- tests --------------------------------------------------------------------------------------
 
+def metric_leaves(metrics: dict, prefix: str = "") -> dict:
+    """A card's figures as the page keys them: nested ones as "outer.inner"; the class shares apart."""
+    leaves = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            if key != "class_shares" or prefix:
+                leaves.update(metric_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
 def test_model_picker_shows_the_models_and_tabs_follow_capabilities(page, models, artifacts):
     page.goto("/?n=1")  # n=1 keeps the samples that each model switch shows cheap
     cards = page.locator("label.model-card")
     expect(cards).to_have_count(len(models))
+    about = page.locator("#about")
     for name, info in models.items():
         card = cards.filter(has=page.locator(f'input[value="{name}"]'))
-        expect(card.locator(".name")).to_contain_text(name)
-        expect(card.locator(".badge")).to_have_text(info["family"])
-        expect(card.locator(".note")).to_have_text(info["summary"])  # the family's own line, from the API
-        expect(card.locator(".meta")).to_contain_text(info["dataset"])
-        # Every figure is on the card, the folded ones too (text content: a closed <details> renders none).
-        shown = dict(zip(card.locator("dt").all_text_contents(), card.locator("dd").all_text_contents()))
-        for key, value in info["metrics"].items():
-            if isinstance(value, (int, float)):
-                assert math.isclose(float(shown[key.replace("_", " ")]), value, rel_tol=1e-3), key
+        expect(card.locator(".name")).to_have_text(name)
+        expect(card.locator(".family")).to_have_text(info["family"])
 
         choose_model(page, name)
+        # Its card, one click away (closed, its text is there): the family's own line (from the API),
+        # the data, every figure in plain words with the technical name as its tooltip, the chart.
+        expect(about.locator("summary")).to_contain_text(f"{name} · {info['summary']}")
+        expect(about.locator(".meta")).to_contain_text(info["dataset"])
+        terms = about.locator("dt")
+        shown = dict(zip((term.get_attribute("title") for term in terms.all()),
+                         about.locator("dd").all_text_contents()))
+        plain = terms.all_text_contents()
+        expected = metric_leaves(info["metrics"])
+        assert set(shown) == set(expected), name
+        assert all("_" not in words for words in plain), plain
+        for key, value in expected.items():
+            if isinstance(value, (int, float)):
+                assert math.isclose(float(shown[key]), value, rel_tol=1e-3), key
+        shares = info["metrics"].get("class_shares")
+        if shares:
+            bars = about.locator("svg.shares rect")
+            expect(bars).to_have_count(len(shares))
+            heights = {bar.get_attribute("data-class"): float(bar.get_attribute("height")) for bar in bars.all()}
+            assert all(heights[a] >= heights[b] for a in shares for b in shares if shares[a] > shares[b])
+
         for tab, needs in TABS.items():
             button = page.locator(f"#tab-{tab}")
             if needs & set(info["capabilities"]):
                 expect(button).to_be_enabled()
             else:
                 expect(button).to_be_disabled()
+        # A sampler that takes steps offers them, starting at its default.
+        steps = page.locator("#sample-steps")
+        if info.get("sampling_steps"):
+            expect(steps).to_have_value(str(info["sampling_steps"][0]))
+        else:
+            expect(steps).to_be_hidden()
         expect(page.locator("#sample-result img")).to_have_attribute("alt", re.compile(f"^{name} sample 1 of 1"))
         assert parse_qs(urlparse(page.url).query)["model"] == [name]
+
+    # One click opens the card.
+    expect(about.locator("dl")).to_be_hidden()
+    about.locator("summary").click()
+    expect(about.locator("dl")).to_be_visible()
+    shot(page, artifacts, "model-card")
 
     # Keyboard: arrow keys move through the enabled tabs only (WAI-ARIA tabs).
     choose_model(page, "dcgan")
@@ -190,7 +229,8 @@ def test_sample_tab(page, api, models, artifacts):
 
 def test_sample_pixelcnn_shows_progress_and_temperature(page, api, models, artifacts):
     held = []  # the page's request waits here until the progress indicator has been seen
-    page.route("**/v1/models/pixelcnn/samples*", lambda route: held.append(route))
+    stream = re.compile(r"/v1/models/pixelcnn/samples$")  # the event stream, not the picker's thumbnail
+    page.route(stream, lambda route: held.append(route))
     page.goto("/?model=pixelcnn&tab=sample&n=2&seed=5&temperature=0.8")  # a shared link
     panel = page.locator("#panel-sample")
     progress = panel.get_by_role("status").filter(has_text="Sampling")
@@ -201,7 +241,7 @@ def test_sample_pixelcnn_shows_progress_and_temperature(page, api, models, artif
     wait_until(page, "() => getComputedStyle(document.querySelector('#panel-sample .progress')).opacity === '1'")
     shot(page, artifacts, "sample-pixelcnn-progress")
     held[0].continue_()
-    page.unroute("**/v1/models/pixelcnn/samples*")
+    page.unroute(stream)
     expect(page.locator("#sample-seed-shown")).to_have_text("5")
     expect(progress).to_be_hidden()
     expect(page.locator("output[for=sample-temperature]")).to_have_text("0.8")
@@ -369,22 +409,25 @@ def test_api_errors_are_readable_messages(page, api, console, artifacts, tmp_pat
 
     page.goto("/?model=dcgan&n=4&seed=1")
     loaded_images(page.locator("#sample-result img"), 4)
+    # The picker's samples in first (each a request like the tab's), so the replies below reach the tab only.
+    wait_until(page, "() => !document.querySelector('#models span.thumb')", timeout_s=60)
+    samples = "**/v1/models/dcgan/samples*"
     alert = page.locator("#panel-sample").get_by_role("alert")
     generate = page.get_by_role("button", name="Generate")
     for answer, message in cases:
-        page.route("**/v1/models/dcgan/samples*", (lambda answer: lambda route: route.fulfill(**answer))(answer))
+        page.route(samples, (lambda answer: lambda route: route.fulfill(**answer))(answer))
         generate.click()
         expect(alert).to_contain_text(message)
         expect(page.locator("#sample-result")).to_be_hidden()  # never a broken or stale image
         assert page.evaluate("[...document.images].filter(i => i.checkVisibility())"
                              ".every(i => i.complete && i.naturalWidth > 0)")
-        page.unroute("**/v1/models/dcgan/samples*")
+        page.unroute(samples)
     shot(page, artifacts, "error")
 
-    page.route("**/v1/models/dcgan/samples*", lambda route: route.abort())
+    page.route(samples, lambda route: route.abort())
     generate.click()
     expect(alert).to_contain_text("Could not reach the service")
-    page.unroute("**/v1/models/dcgan/samples*")
+    page.unroute(samples)
 
     generate.click()  # the real API again: the message goes, the images come back
     expect(alert).to_be_hidden()

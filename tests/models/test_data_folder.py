@@ -1,7 +1,10 @@
 """The image-folder dataset (models/folder.py) on small folders drawn here with Pillow."""
 
 import json
+import os
+import random
 import shutil
+import socket
 import struct
 import zlib
 
@@ -255,3 +258,86 @@ def test_evaluate_scores_a_folder_model_with_a_classifier_of_its_classes(images,
     assert metrics["frechet_distance"] >= 0 and set(metrics["class_shares"]) == set(CLASSES)
     assert set(read_card(vae)["class_latents"]) <= set(CLASSES)
     assert 0 <= read_card(classifier)["metrics"]["test_accuracy"] <= 1
+
+
+# -- hostile entries (issue 37): skipped and counted, never a traceback or a hang ----------------
+
+def scan_line(err: str) -> dict:
+    [line] = [json.loads(line) for line in err.splitlines() if '"folder scanned"' in line]
+    return line
+
+
+@pytest.mark.timeout(120)  # a FIFO opened for reading waits for a writer forever
+def test_links_fifos_sockets_and_undecodable_names_are_skipped_and_counted(images, tmp_path, capsys):
+    """Each of these once crashed training (FileNotFoundError, ELOOP, UnicodeEncodeError), hung it
+    (a FIFO named x.png) or dropped a class without a word (a class folder that is a link)."""
+    outside = make_folder(tmp_path / "outside", ["triangles"], per_class=6)
+    os.symlink(outside / "triangles", images / "triangles")  # a class folder that is a link: followed
+    os.symlink(images / "circles" / "pic000.png", images / "squares" / "linked.png")  # a link to a file: followed
+    os.symlink(tmp_path / "nowhere.png", images / "circles" / "dangling.png")
+    os.symlink(images / "circles" / "loop-b.png", images / "circles" / "loop-a.png")
+    os.symlink(images / "circles" / "loop-a.png", images / "circles" / "loop-b.png")
+    os.symlink(images, images / "squares" / "back-to-the-top")  # a folder loop
+    os.mkfifo(images / "circles" / "x.png")  # opened, it would block until a writer came
+    os.symlink("/dev/zero", images / "squares" / "zeros.png")
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(images / "squares" / "socket.png"))
+        Image.new("RGB", (40, 40)).save(os.fsencode(images / "circles") + b"/caf\xe9.png")  # Latin-1, not UTF-8
+        train_set, test_set = load(images, "train"), load(images, "test")
+    files = train_set.files + test_set.files
+    assert train_set.classes == ["circles", "squares", "triangles"]
+    assert sum(f.startswith("triangles/") for f in files) == 6 and "squares/linked.png" in files
+    assert len(files) == 2 * PER_CLASS + 6 + 1
+    line = scan_line(capsys.readouterr().err)
+    assert line["links followed"] == 2 and line["broken links"] == 1 and line["looping links"] == 3
+    assert line["not regular files"] == 3 and line["undecodable names"] == 1
+
+
+@pytest.mark.timeout(120)  # a FIFO opened for reading waits for a writer forever
+def test_a_file_swapped_for_a_fifo_after_the_walk_is_skipped_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "late.png")
+    with pytest.raises(folder.Unusable, match="not a regular file"):
+        folder.decode_image(tmp_path / "late.png", 16)
+
+
+@pytest.mark.timeout(120)  # a FIFO opened for reading waits for a writer forever
+def test_fuzzed_folder_entries_load_or_fail_with_a_clear_error(tmp_path):
+    """Seeded mixes of images and hostile entries at random places: every load gives the images
+    that are regular files and decode, or a DatasetError; nothing else escapes or hangs."""
+    rng = random.Random(37)
+    kinds = ["image", "image", "dangling", "loop", "fifo", "folder link", "file link", "text", "undecodable",
+             "device", "empty folder"]
+    for case in range(40):
+        root = tmp_path / f"case{case}"
+        places = [root / name for name in ("a", "b", "a/deep")]
+        for place in places:
+            place.mkdir(parents=True)
+        expected = 0
+        for i in range(rng.randint(1, 8)):
+            kind, place, name = rng.choice(kinds), rng.choice(places), f"e{i}.png"
+            if kind == "image":
+                Image.fromarray(drawing(case * 100 + i, (32, 32))).save(place / name)
+                expected += 1
+            elif kind == "dangling":
+                os.symlink(tmp_path / "missing", place / name)
+            elif kind == "loop":
+                os.symlink(place / name, place / name)
+            elif kind == "fifo":
+                os.mkfifo(place / name)
+            elif kind == "folder link":
+                os.symlink(rng.choice([root, place, tmp_path / "missing"]), place / f"e{i}")
+            elif kind == "file link":
+                os.symlink(rng.choice(["/dev/null", "/etc/hostname", str(place / "e0.png")]), place / name)
+            elif kind == "text":
+                (place / name).write_text("not an image")
+            elif kind == "undecodable":
+                Image.new("L", (32, 32)).save(os.path.join(os.fsencode(place), b"\xff\xfe.png"), "PNG")
+            elif kind == "device":
+                os.symlink("/dev/zero", place / name)
+            else:
+                (place / f"e{i}").mkdir()
+        try:
+            loaded = [load(root, split, cache=tmp_path / "cache") for split in ("train", "test")]
+        except DatasetError:
+            continue  # no image, none readable, images at the top and in classes, or none in a split
+        assert sum(len(split) for split in loaded) >= expected, case

@@ -14,10 +14,12 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_torchrun_with_two_processes_writes_one_loadable_checkpoint(tmp_path):
     from models.checkpoint import load_checkpoint
+
+    # A failure, not a skip: `make test` (CI) installs the data, so its absence is a broken set-up
+    # (issue 37: a skip here let data-parallel training go untested without a word).
+    assert FASHION_MNIST.is_dir(), "Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist (scripts/setup does)"
 
     out, state_dir = tmp_path / "vae", tmp_path / "runs"
     # `python -m torch.distributed.run` is `torchrun`, without depending on PATH.

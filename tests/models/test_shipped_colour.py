@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.evaluation import baselines
-from models.evaluation import evaluate
+from models.evaluation import baselines, evaluate, metrics
 from models.checkpoint import load_checkpoint
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -53,12 +52,12 @@ def test_sample_quality_recomputed_from_the_weights_matches_the_card(name, class
     test_statistics = load_file(str(WEIGHTS / CLASSIFIER / evaluate.TEST_FEATURES_FILE))
     samples = evaluate.draw_samples(model, evaluate.QUICK_SAMPLES, quiet=True)
     assert samples.shape[1:] == (3, 32, 32)
-    features, probs = evaluate.features_of(classifier[0], samples)
-    recomputed = evaluate.frechet_from_statistics(evaluate.feature_statistics(features), test_statistics)
+    features, probs = metrics.features_of(classifier[0], samples)
+    recomputed = metrics.frechet_from_statistics(metrics.feature_statistics(features), test_statistics)
     assert math.isclose(recomputed, card["metrics"][f"frechet_distance_{evaluate.QUICK_SAMPLES}"], rel_tol=0.02)
     # To the train split, 1,000 samples already meet the claim that the card makes for 10,000.
     train_statistics = load_file(str(WEIGHTS / CLASSIFIER / evaluate.TRAIN_FEATURES_FILE))
-    to_train = evaluate.frechet_from_statistics(evaluate.feature_statistics(features), train_statistics)
+    to_train = metrics.frechet_from_statistics(metrics.feature_statistics(features), train_statistics)
     baseline = json.loads((DOCS / "baselines" / f"{name}.json").read_text())
     assert to_train <= CLAIMED_RATIO * baseline["metrics"]["frechet_distance_to_train"]
     assert len(set(probs.argmax(1).tolist())) == len(card["classes"]), "a class is missing from 1,000 samples"
@@ -87,7 +86,7 @@ def test_class_means_decode_to_their_class(name, classifier):
     classes = card["classes"]
     assert set(card["class_latents"]) == set(classes), "every class can be asked for by name"
     means = torch.stack([torch.tensor(card["class_latents"][c]["mean"]) for c in classes])
-    _, probs = evaluate.features_of(classifier[0], model.decode(means))
+    _, probs = metrics.features_of(classifier[0], model.decode(means))
     share = (probs.argmax(1) == torch.arange(len(classes))).double().mean().item()
     assert share == pytest.approx(card["metrics"]["class_mean_decodes_to_class"], abs=1e-3)
     assert share >= CLASS_MEANS_DECODING[name]

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.evaluation import baselines
-from models.evaluation import evaluate
+from models.evaluation import baselines, evaluate, metrics
 from models.checkpoint import load_checkpoint, sha256_file
 from models.data import FASHION_MNIST_CLASSES, load_dataset, to_float
 
@@ -107,10 +106,10 @@ def test_sample_quality_recomputed_from_the_weights_matches_the_card(name):
     figure evaluation wrote."""
     model, card = load_checkpoint(WEIGHTS / name)
     classifier, _ = load_checkpoint(WEIGHTS / "classifier")
-    test_features, _ = evaluate.features_of(classifier, to_float(load_dataset("fashion-mnist", "test").images))
+    test_features, _ = metrics.features_of(classifier, to_float(load_dataset("fashion-mnist", "test").images))
     samples = evaluate.draw_samples(model, evaluate.QUICK_SAMPLES, quiet=True)
-    sample_features, _ = evaluate.features_of(classifier, samples)
-    recomputed = evaluate.frechet_distance(sample_features, test_features)
+    sample_features, _ = metrics.features_of(classifier, samples)
+    recomputed = metrics.frechet_distance(sample_features, test_features)
     assert math.isclose(recomputed, card["metrics"][f"frechet_distance_{evaluate.QUICK_SAMPLES}"], rel_tol=0.02)
 
 

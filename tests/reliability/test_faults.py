@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 
 import httpx
 import pytest
@@ -15,54 +14,55 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from models.checkpoint import sha256_file, update_card
-from tests.app.apptest import metric, serving
+from tests.app.apptest import metric, until_async
+from tests.app.gated import GatedWorker, serving_with
 
 
 async def _metric(client, name: str, **labels) -> float:
     return metric((await client.get("/metrics")).text, name, **labels)
 
 
-async def _reach(client, name: str, value: float, timeout_s: float = 120, **labels) -> None:
-    """Poll /metrics until the metric reaches `value`."""
-    deadline = time.monotonic() + timeout_s
-    while await _metric(client, name, **labels) < value:
-        assert time.monotonic() < deadline, f"{name} did not reach {value}"
-        await asyncio.sleep(0.05)
-
-
-# A forward pass made slow on purpose (apptest.SlowWorker), so that no test depends on how
-# fast this machine runs a model: the pass takes PASS_DELAY_S more than it would, the timeout is far less.
-PASS_DELAY_S, TIMEOUT_S = 3.0, 0.5
+# Every forward pass is held at a gate the test opens (tests/app/gated.py), so that no test
+# depends on how fast this machine runs a model, and no sleep stands as proof.
+TIMEOUT_S = 0.5
 
 
 @pytest.mark.anyio
 async def test_an_inference_past_the_timeout_is_answered_504_while_the_pass_runs_on(weights_dir):
-    async with serving(weights_dir, request_timeout_s=TIMEOUT_S, batch_wait_ms=0,
-                       pass_delay_s=PASS_DELAY_S) as client:
+    async with serving_with(weights_dir, GatedWorker, request_timeout_s=TIMEOUT_S, batch_wait_ms=0) as client:
+        worker = client.app.state.worker
         response = await client.post("/v1/models/dcgan/samples", json={"n": 4, "seed": 1})
         assert response.status_code == 504 and "longer than 0.5 s" in response.json()["detail"]
-        # Answered at the timeout, not when the pass ends: the pass has not ended yet.
+        # Answered at the timeout while its pass runs: the pass had begun, and cannot have ended.
+        assert worker.entered.is_set()
         assert await _metric(client, "genserve_inference_seconds_count", model="dcgan") == 0
-        # The pass ran on (a forward pass cannot be interrupted), then let go of the worker.
-        await _reach(client, "genserve_inference_seconds_count", 1, model="dcgan")
-        assert await _metric(client, "genserve_inference_seconds_sum", model="dcgan") >= PASS_DELAY_S
+        worker.gate.set()  # the pass runs on (a forward pass cannot be interrupted), then lets go of the worker
+
+        async def pass_ended() -> bool:
+            return await _metric(client, "genserve_inference_seconds_count", model="dcgan") == 1
+        await until_async(pass_ended, "the held pass to end once let go")
         assert await _metric(client, "genserve_queue_depth") == 0
-        client.app.state.worker.pass_delay_s = 0
         assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
 
 
 @pytest.mark.anyio
 async def test_a_request_that_times_out_in_the_queue_frees_its_slot_at_once(weights_dir):
-    async with serving(weights_dir, queue_size=1, request_timeout_s=TIMEOUT_S, batch_wait_ms=0,
-                       pass_delay_s=PASS_DELAY_S) as client:
+    async with serving_with(weights_dir, GatedWorker, queue_size=1, request_timeout_s=TIMEOUT_S,
+                            batch_wait_ms=0) as client:
+        worker = client.app.state.worker
         busy = asyncio.create_task(client.post("/v1/models/vae/samples", json={"n": 1, "seed": 1}))
-        await _reach(client, "genserve_batch_images_count", 1, model="vae")  # its pass has begun
+
+        async def pass_begun() -> bool:
+            return worker.entered.is_set()
+        await until_async(pass_begun, "the first request's pass to begin")
         queued = await client.post("/v1/models/dcgan/samples", json={"n": 1})  # waits behind it
         assert queued.status_code == 504
         assert await _metric(client, "genserve_queue_depth") == 0
         # The freed slot takes the next request (it times out too, but is not refused with 503).
         assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 504
-        await busy
+        worker.gate.set()
+        assert (await busy).status_code == 504  # its own pass outlived its timeout
+        assert (await client.post("/v1/models/dcgan/samples", json={"n": 1})).status_code == 200
 
 
 def _rewrite(folder, change) -> None:
@@ -131,7 +131,9 @@ def test_admin_takes_its_token_from_the_environment_and_is_off_without_one(serve
         assert right.status_code == 200 and right.json()["ready"] is True
         assert token not in httpx.get(server.url + "/v1/models").text + httpx.get(server.url + "/openapi.json").text
         assert token not in server.log.read_text()
-    with serve() as server:  # no GENSERVE_ADMIN_TOKEN: the admin route does not exist
+    # No GENSERVE_ADMIN_TOKEN, bound beyond loopback: the admin route does not exist (on loopback
+    # only it takes a reload from the machine itself: tests/app/test_reload.py).
+    with serve(host="0.0.0.0") as server:
         assert httpx.post(server.url + "/v1/admin/reload", headers={"Authorization": f"Bearer {token}"}).status_code == 404
 
 
