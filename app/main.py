@@ -31,18 +31,19 @@ DOCS_PATH, DOCS_ASSETS = "/docs", "/docs/assets"  # Swagger UI from the swagger-
 PROBES = ("/healthz", "/readyz", "/metrics")  # answered even when the server is saturated
 
 DESCRIPTION = """
-Trained image generators over HTTP: a class-conditional **PixelCNN**, **PixelRNN** and **DCGAN**
-and a **VAE** on Fashion-MNIST. What each model can do is in its `capabilities`.
+Trained image generators over HTTP: a class-conditional **PixelCNN**, **PixelRNN**, **DCGAN** and
+**diffusion** model and a **VAE** on Fashion-MNIST. What each model can do is in its `capabilities`.
 
 * Image endpoints answer `image/png` (a grid, 2 px padding) or, with `?format=json`, the images
   one by one in base64 with the seed and the latents.
 * A *latent* is exactly one of `{"seed": int}`, `{"seeds": [int, ...]}` (their mean),
   `{"vector": [float x latent_dim]}`, `{"class": "Sneaker"}` (the class's mean latent from the
-  model card) or `{"image": "<base64 PNG>"}` (the VAE encoder's mean; for the DCGAN, its projection:
-  100 deterministic optimiser steps through the generator).
+  model card) or `{"image": "<base64 PNG>"}` (the VAE encoder's mean; for the diffusion model, its
+  DDIM inversion; for the DCGAN, its projection: 100 deterministic optimiser steps through the generator).
 * Explore: `traverse` walks latent dimensions or toward a latent; `?format=gif` animates an
-  interpolation or a one-axis traversal; `Accept: text/event-stream` on samples streams an
-  autoregressive model (PixelCNN, PixelRNN) row by row as Server-Sent Events.
+  interpolation or a one-axis traversal; `Accept: text/event-stream` on samples streams a model
+  whose capabilities list `stream` as Server-Sent Events: row by row (PixelCNN, PixelRNN) or
+  denoising step by step (diffusion; `steps` chooses how many).
 * Seeds: image i of a request with seed s is the image of `{"seed": s + i}`; the `X-Seed` header
   says which seed was used. The same request gives the same bytes.
 * Uploads: PNG or JPEG up to 1 MiB, converted to the model's channels and resized to its size.

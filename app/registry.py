@@ -13,16 +13,15 @@ import functools
 import gc
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from starlette.concurrency import run_in_threadpool
-from torch import nn
 
 from models.checkpoint import CheckpointError, load_checkpoint, read_card
 from models.families import FAMILIES
-from models.inference import ClassLatent, card_class_latents
+from models.inference import Model, card_class_latents
 
 log = logging.getLogger("genserve.registry")
 
@@ -32,34 +31,8 @@ class UnknownModel(KeyError):
 
 
 @dataclass
-class ServedModel:
+class ServedModel(Model):
     """A loaded checkpoint and what the routes need to know about it. Only the worker runs `module`."""
-
-    name: str
-    module: nn.Module
-    card: dict
-    class_latents: dict[str, ClassLatent] = field(default_factory=dict)
-
-    @property
-    def family(self) -> str:
-        return self.module.family
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.module.config.image_shape)
-
-    @property
-    def background(self) -> str:
-        """What its training images' transparency was composited on, and so an upload's is."""
-        return self.card.get("background", "black")
-
-    @property
-    def latent_dim(self) -> int | None:
-        return self.module.latent_dim
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.card.get("classes") or [])
 
     @functools.cached_property
     def capabilities(self) -> tuple[str, ...]:

@@ -67,7 +67,7 @@ def _is_latent_number(item: Any) -> bool:
 
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Temperature = Annotated[float, Field(gt=0, le=2, description="PixelCNN, PixelRNN: softmax temperature; "
-                                     "VAE/DCGAN: scales z (see the samples endpoint)")]
+                                     "latent models: scales z's noise (see the samples endpoint)")]
 Base64Image = Annotated[str, Field(min_length=1, description="a PNG or JPEG, base64 (a data: URL is accepted too)")]
 ClassName = Annotated[str, Field(min_length=1, max_length=100, description="one of the model's classes")]
 LatentNumber = Annotated[float, Field(ge=-LATENT_MAX, le=LATENT_MAX)]
@@ -125,7 +125,8 @@ class SamplesRequest(Body):
     seed: Seed | None = Field(None, description="image i is the image of seed + i; random when omitted")
     temperature: Temperature = 1.0
     class_: ClassName | None = Field(None, alias="class", description="PixelCNN, PixelRNN: the conditioning label; "
-                                     "VAE/DCGAN: z = mean_c + temperature * 0.5 * std_c * eps")
+                                     "latent models: z = mean_c + temperature * spread * std_c * eps, spread 0.5 "
+                                     "(1 for diffusion, whose class latents are its prior's)")
     nrow: int | None = Field(None, ge=1, description="images per grid row; default ceil(sqrt(n))")
     steps: int | None = Field(None, ge=1, description="the sampler's steps, for a model that takes them "
                               "(diffusion: DDIM steps; its default in /v1/models as sampling_steps)")

@@ -56,12 +56,12 @@ def load(folder: str | Path, device: str | torch.device | None = None, *, dtype:
                      channels_last)
 
 
-class Generator:
+class Generator(inference.Model):
     """A loaded generator. `name` is its folder's name, as the service names it; `card` its card."""
 
     def __init__(self, name: str, module: Family, card: dict, class_latents: dict[str, ClassLatent],
                  device: torch.device, dtype: torch.dtype, channels_last: bool = True):
-        self.name, self.module, self.card, self.class_latents = name, module, card, class_latents
+        super().__init__(name, module, card, class_latents)
         self.device, self.dtype = device, dtype
         inference.prepare(module, channels_last=channels_last, dtype=dtype)
 
@@ -70,28 +70,8 @@ class Generator:
                 f"{', '.join(self.capabilities)}, on {self.device}>")
 
     @property
-    def family(self) -> str:
-        return self.module.family
-
-    @property
     def capabilities(self) -> tuple[str, ...]:
         return tuple(self.module.capabilities)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.module.config.image_shape)
-
-    @property
-    def latent_dim(self) -> int | None:
-        return self.module.latent_dim
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.card.get("classes") or [])
-
-    @property
-    def background(self) -> str:
-        return self.card.get("background", "black")
 
     # -- generation ---------------------------------------------------------------------------
 

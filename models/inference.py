@@ -14,9 +14,9 @@ are ValueErrors with a one-line message.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -53,18 +53,36 @@ class ClassLatent:
     std: torch.Tensor
 
 
-class Model(Protocol):
-    """What the rules read of a loaded model: the service's ServedModel, the Python API's Generator."""
+@dataclass
+class Model:
+    """A loaded checkpoint as the rules read it: its module, card and class latents. The
+    service's ServedModel and the Python API's Generator are both one."""
 
     name: str
     module: Family
-    class_latents: dict[str, ClassLatent]
+    card: dict
+    class_latents: dict[str, ClassLatent] = field(default_factory=dict)
 
     @property
-    def classes(self) -> list[str]: ...
+    def family(self) -> str:
+        return self.module.family
 
     @property
-    def latent_dim(self) -> int | None: ...
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.module.config.image_shape)
+
+    @property
+    def latent_dim(self) -> int | None:
+        return self.module.latent_dim
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card.get("classes") or [])
+
+    @property
+    def background(self) -> str:
+        """What its training images' transparency was composited on, and so an upload's is."""
+        return self.card.get("background", "black")
 
 
 # -- running a module ---------------------------------------------------------------------------

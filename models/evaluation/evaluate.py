@@ -43,6 +43,7 @@ from models.data import DatasetError, ImageDataset, dataset_of_card, load_datase
 
 DEFAULT_CLASSIFIER = Path("weights/classifier")
 QUICK_SAMPLES = 1000
+CHECK_SAMPLES = 200  # the first samples' distance, which the shipped-weights tests recompute
 TEST_FEATURES_FILE = "test_features.safetensors"
 TRAIN_FEATURES_FILE = "train_features.safetensors"
 SAMPLE_BATCH = 500  # seeds per batch: the first 1,000 samples need only two
@@ -192,8 +193,10 @@ def sample_quality(samples: torch.Tensor, classifier: nn.Module, classifier_name
         "frechet_distance_test_vs_train": round(frechet_distance(test_feats, train_feats), 3),
         "frechet_samples": samples.shape[0],
         # The same on the first 1,000 samples only (a larger figure: the estimate is biased
-        # upwards at small N), which a test can afford to recompute from the weights.
+        # upwards at small N).
         f"frechet_distance_{QUICK_SAMPLES}": round(frechet_distance(sample_feats[:QUICK_SAMPLES], test_feats), 3),
+        # And on the first 200: a regression check that even a sampler of many passes affords.
+        f"frechet_distance_{CHECK_SAMPLES}": round(frechet_distance(sample_feats[:CHECK_SAMPLES], test_feats), 3),
         # Against the train split as well, with that reference's own floor (one half of it against
         # the other): a test split of a few hundred images (a small folder's 5 %) cannot estimate a
         # covariance of this many dimensions, and the error of its estimate becomes most of the

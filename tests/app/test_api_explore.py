@@ -189,7 +189,7 @@ async def test_a_stream_is_refused_before_it_starts(client):
 
 def test_a_client_that_leaves_a_stream_leaves_the_server_idle_and_serving(server):
     """Hanging up after the first row: the stream's job is withdrawn or stops after its row (the
-    sampler's `on_row` answer, tested in tests/models), and nothing of it stays queued. Its pass
+    sampler's `on_progress` answer, tested in tests/models), and nothing of it stays queued. Its pass
     must end: a sampler that never stopped would hold the worker (issue 37: only the queue was checked)."""
     with httpx.Client(base_url=server, timeout=120) as client:
         def passes_ended() -> float:

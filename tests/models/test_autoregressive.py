@@ -110,7 +110,7 @@ def test_each_finished_row_is_shown_final_and_a_false_answer_stops_the_sampling(
         assert not images[:, :, row + 1:].any(), "the rows below stay as given"
         return row < 2
 
-    stopped = model.sample_from_noise(noise.double(), 0.8, cond, on_row=on_row)
+    stopped = model.sample_from_noise(noise.double(), 0.8, cond, on_progress=on_row)
     assert shown == [0, 1, 2]
     assert torch.equal(stopped[:, :, :3], whole[:, :, :3]) and not stopped[:, :, 3:].any()
 
