@@ -24,7 +24,7 @@ image-test: setup-dev
 # Reproduce the shipped weights (hours on a CPU; see the cards for the commands and times): each run
 # replaces the shipped weights/NAME (--overwrite), or continues its own run in runs/NAME (--resume).
 train-all: setup
-	for m in classifier dcgan vae pixelcnn pixelrnn; do $(VENV)/bin/python -m models.train $$m --resume --overwrite || exit 1; done
+	for m in classifier dcgan vae pixelcnn pixelrnn diffusion; do $(VENV)/bin/python -m models.train $$m --resume --overwrite || exit 1; done
 
 evaluate-all: setup
-	$(VENV)/bin/python -m models.evaluate weights/classifier weights/pixelcnn weights/pixelrnn weights/vae weights/dcgan
+	$(VENV)/bin/python -m models.evaluate weights/classifier weights/pixelcnn weights/pixelrnn weights/vae weights/dcgan weights/diffusion

@@ -1,5 +1,6 @@
 // Sample tab: a grid of n images from one seed; image i is the image of seed + i. A model that
-// samples row by row ("stream") is read as Server-Sent Events and drawn as the rows arrive.
+// reports its sampling ("stream": rows, or denoising steps) is read as Server-Sent Events and drawn
+// as each row or step arrives.
 
 import { call, streamSamples } from "./api.js";
 import { offerDownloads } from "./download.js";
@@ -20,12 +21,16 @@ export function sampleTab(panel, ctx) {
     output.dataset.rowsDrawn = "0";
     const done = await streamSamples(ctx.model.name, body, (name, data) => {
       if (name !== "progress") return;
+      // {"row": i, "rows": n} for a model drawn row by row, {"step": i, "steps": n} for a denoiser.
+      const unit = "row" in data ? "row" : "step";
+      const reached = data[unit] + 1, total = data[`${unit}s`];
       live.src = `data:image/png;base64,${data.image}`;
-      live.alt = `${ctx.model.name} samples, ${data.row + 1} of ${data.rows} rows drawn`;
+      live.alt = unit === "row" ? `${ctx.model.name} samples, ${reached} of ${total} rows drawn`
+        : `${ctx.model.name} samples, denoising step ${reached} of ${total}`;
       live.hidden = false;
       grid.replaceChildren();
-      rowsLabel.textContent = `row ${data.row + 1} of ${data.rows}`;
-      output.dataset.rowsDrawn = String(data.row + 1);
+      rowsLabel.textContent = `${unit} ${reached} of ${total}`;
+      output.dataset.rowsDrawn = String(reached);
     }, { signal });
     return { seed: done.seed, images: await gridCells(done.image, body.n, cols, height, width) };
   }

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from apptest import b64png, grid_cells, grid_shape, max_diff, png
+from models.families.diffusion import MAX_STEPS
 
 pytestmark = pytest.mark.anyio
 
@@ -186,3 +187,20 @@ async def test_latents_of_each_kind(client, models):
     vector = [0.25] * dim
     assert (await client.post("/v1/models/dcgan/latents", json={"latent": {"vector": vector}})).json() == \
         {"vector": vector}
+
+
+async def test_a_diffusion_request_chooses_its_steps_within_the_cap(client):
+    """`steps` changes how many DDIM steps denoise the same noise; past the cap it is a 422, and
+    a model whose sampler takes no steps refuses it (400)."""
+    default_steps, most = (await client.get("/v1/models/diffusion")).json()["sampling_steps"]
+    assert most == MAX_STEPS and 4 < default_steps < most
+    few = await client.post("/v1/models/diffusion/samples?format=json", json={"n": 2, "seed": 5, "steps": 4})
+    plain = await client.post("/v1/models/diffusion/samples?format=json", json={"n": 2, "seed": 5})
+    assert few.status_code == plain.status_code == 200
+    assert few.json()["latents"] == plain.json()["latents"]  # the same noise, fewer steps
+    assert few.json()["images"] != plain.json()["images"]
+    too_many = await client.post("/v1/models/diffusion/samples", json={"n": 1, "steps": MAX_STEPS + 1})
+    assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "steps"]
+    not_stepped = await client.post("/v1/models/dcgan/samples", json={"n": 1, "steps": 4})
+    assert not_stepped.status_code == 400 and "takes no sampling steps" in not_stepped.json()["detail"]
+
