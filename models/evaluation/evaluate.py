@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 from tqdm import tqdm
 
+from models.inference import prepare
 from models.evaluation.metrics import class_report, feature_statistics, features_of, frechet_distance
 from models.evaluation.baselines import BASELINE_FILE, RECIPES, SAMPLES_FILE, WEIGHTS_FILE
 from models.checkpoint import CheckpointError, load_checkpoint, update_card, verify_sha256, write_files
@@ -266,7 +267,8 @@ def draw_samples(model: nn.Module, n: int | None, quiet: bool) -> torch.Tensor:
 def grid_time(model: nn.Module, n: int = 16, repeats: int = 3) -> dict:
     """The wall time of one n-image grid (seeds 0 .. n-1), best of `repeats` after a warm-up, with
     the current torch threads and in inference mode, as the server's worker runs it: what a user
-    of a sequential sampler waits for, on this machine."""
+    of a sampler of many passes waits for, on this machine (the module in the worker's memory format)."""
+    prepare(model, channels_last=True)
     model.sample_for_seeds(range(n))
     best = float("inf")
     for _ in range(repeats):
@@ -308,7 +310,7 @@ def evaluate(path: Path, classifier_path: Path = DEFAULT_CLASSIFIER, n_samples: 
     if model.sequential_sampling or model.sampling_steps():  # a sampler of many passes: its wait
         metrics.update(grid_time(model))
     if "complete" in model.capabilities and model.class_conditional:
-        metrics.update(completion_report(model, classifier, test, min(n, len(test)), quiet))
+        metrics.update(completion_report(model, classifier, test, min(n, len(test), QUICK_SAMPLES), quiet))
     if model.sampling == "latent" and train.classes:  # for `{"class": ...}` latents and arithmetic
         # From generated samples: twice as many as scored (20,000 for the full 10,000).
         latents = class_latents(model, classifier, train, quiet, n_generated=2 * n)
