@@ -23,10 +23,10 @@ __all__ = ["DATASETS", "FASHION_MNIST_CLASSES", "FOLDER", "DatasetError", "Image
 
 def load_dataset(name: str = "fashion-mnist", split: str = "train", data_dir: str | Path | None = None,
                  limit: int | None = None, *, image_size: int | None = None, channels: int | None = None,
-                 cache_dir: str | Path | None = None, quiet: bool = False) -> ImageDataset:
+                 cache_dir: str | Path | None = None, quiet: bool = False, upscale: bool = False) -> ImageDataset:
     """Load a split of a known dataset as uint8 images [N, C, H, W] and labels: [N, 1, 28, 28] for
     the IDX sets, [N, C, image_size, image_size] for a folder (`models.folder`, which alone reads
-    `image_size`, `channels`, `cache_dir` and `quiet`).
+    `image_size`, `channels`, `cache_dir`, `quiet` and `upscale`).
 
     `limit` keeps the first images only (for smoke tests and tiny training runs).
     """
@@ -35,9 +35,9 @@ def load_dataset(name: str = "fashion-mnist", split: str = "train", data_dir: st
     if split not in SPLIT_FILES:
         raise DatasetError(f"unknown split {split!r}; known: {sorted(SPLIT_FILES)}")
     if name == FOLDER:
-        return load_folder(data_dir, split, image_size, channels, limit, cache_dir, quiet)
-    if image_size is not None or channels is not None:
-        raise DatasetError(f"{name} is 28x28 gray: --image-size and --channels are for --dataset folder")
+        return load_folder(data_dir, split, image_size, channels, limit, cache_dir, quiet, upscale)
+    if image_size is not None or channels is not None or upscale:
+        raise DatasetError(f"{name} is 28x28 gray: --image-size, --channels and --upscale are for --dataset folder")
     return load_idx_dataset(name, split, data_dir, limit)
 
 
@@ -50,4 +50,4 @@ def dataset_of_card(card: dict, split: str, data_dir: str | Path | None = None, 
         return load_dataset(name, split, data_dir, limit)
     channels, size, _ = card["image_shape"]
     return load_dataset(FOLDER, split, data_dir or card.get("data_dir"), limit, image_size=size, channels=channels,
-                        cache_dir=cache_dir, quiet=quiet)
+                        cache_dir=cache_dir, quiet=quiet, upscale=bool(card.get("upscale")))

@@ -6,7 +6,8 @@
 PNG, JPEG, WebP, BMP and GIF (the first frame) are read; names starting with a dot are skipped.
 Each image is turned upright (its EXIF orientation, ignored when it cannot be read), composited on
 white if it has transparency, scaled so that its shorter side is N (Lanczos) and centre-cropped to
-N x N.
+N x N. An image whose shorter side is below N fails the load, naming the option (`upscale`,
+`--upscale`) that enlarges such images instead; the enlarged ones are counted on stderr.
 
 Only regular files are opened: FIFOs, devices and sockets are skipped, as are dangling and looping
 symbolic links and names that are not UTF-8. Links to files and links to folders (a class folder
@@ -18,8 +19,8 @@ the "test" split, chosen by a hash of its path relative to DIR, so adding or rem
 moves the others.
 
 The images are decoded once, into `CACHE_DIR/folder-<name>-<N>-<key>.npy` (pixels) and `.json`
-(the files they came from), keyed by every file's path, size and mtime, N and the channels asked
-for: a changed folder is decoded afresh, an unchanged one is read back.
+(the files they came from), keyed by every file's path, size and mtime, N, the channels asked
+for and `upscale`: a changed folder is decoded afresh, an unchanged one is read back.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class Unusable(Exception):
 
 
 class TooSmall(Exception):
-    """An image whose shorter side is below N: not skipped, the whole load fails (say so once)."""
+    """An image whose shorter side is below N: not skipped, the whole load fails (say so once),
+    unless it is to be upscaled."""
 
     def __init__(self, size: tuple[int, int]):
         super().__init__(f"{size[0]}x{size[1]}")
@@ -183,9 +185,10 @@ def open_regular(path: Path):
     return os.fdopen(descriptor, "rb")
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+def decode_image(path: Path, size: int, upscale: bool = False) -> np.ndarray:
     """One image file -> uint8 [size, size, 3]: upright, on white, shorter side scaled to `size`
-    (Lanczos), centre-cropped. Raises Unusable or TooSmall."""
+    (Lanczos), centre-cropped. Raises Unusable, or TooSmall for an image smaller than `size`
+    unless `upscale`."""
     try:
         with warnings.catch_warnings(), open_regular(path) as file:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own bomb check
@@ -193,7 +196,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                 if image.width * image.height > MAX_PIXELS:
                     raise Unusable("refused", f"declares {image.width}x{image.height} pixels, "
                                               f"more than {MAX_PIXELS}")
-                if min(image.size) < size:
+                if min(image.size) < size and not upscale:
                     raise TooSmall(image.size)
                 # JPEG decodes at 1/2, 1/4 or 1/8 scale for free; keep twice N for Lanczos to finish.
                 image.draft(None, (2 * size, 2 * size))
@@ -253,9 +256,10 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def decode_folder(directory: Path, files: list[str], size: int, channels: int | None,
-                  quiet: bool) -> tuple[np.ndarray, list[str]]:
+                  quiet: bool, upscale: bool = False) -> tuple[np.ndarray, list[str]]:
     """Decode every file: (uint8 [M, C, size, size], the M files kept). Unusable files are skipped
-    and counted in one JSON line on stderr; any image smaller than `size` fails the load."""
+    and counted in one JSON line on stderr; any image smaller than `size` fails the load, or with
+    `upscale` is enlarged, and those are counted in one JSON line too."""
     pixels = np.empty((len(files), size, size, 3), np.uint8)
     kept: list[str] = []
     skipped: dict[str, list[str]] = {}
@@ -264,12 +268,15 @@ def decode_folder(directory: Path, files: list[str], size: int, channels: int | 
     for name in tqdm(files, desc=f"decoding {directory.name}", unit="image", mininterval=1,
                      disable=quiet or len(files) < PROGRESS_FROM, dynamic_ncols=True):
         try:
-            image = decode_image(directory / name, size)
+            try:
+                image = decode_image(directory / name, size)
+            except TooSmall as e:
+                too_small.append((name, e.size))
+                if not upscale:
+                    continue
+                image = decode_image(directory / name, size, upscale=True)  # opened again: small, and rare
         except Unusable as e:
             skipped.setdefault(e.kind, []).append(f"{name}: {e}")
-            continue
-        except TooSmall as e:
-            too_small.append((name, e.size))
             continue
         pixels[len(kept)] = image
         kept.append(name)
@@ -281,9 +288,13 @@ def decode_folder(directory: Path, files: list[str], size: int, channels: int | 
               file=sys.stderr, flush=True)
     if too_small:
         name, smallest = min(too_small, key=lambda item: min(item[1]))
-        raise DatasetError(f"{len(too_small)} of the {len(files)} images in {directory} are smaller than {size} px "
-                           f"on their shorter side (the smallest: {name}, {smallest[0]}x{smallest[1]}); "
-                           f"remove them or pass a smaller --image-size")
+        counted = (f"{len(too_small)} of the {len(files)} images in {directory} are smaller than {size} px on their "
+                   f"shorter side (the smallest: {name}, {smallest[0]}x{smallest[1]})")
+        if not upscale:
+            raise DatasetError(f"{counted}; remove them, pass a smaller --image-size, or pass --upscale to enlarge "
+                               f"them (Lanczos)")
+        print(json.dumps({"event": "images upscaled", "folder": str(directory), "count": len(too_small),
+                          "message": f"{counted}: enlarged to {size} px (--upscale)"}), file=sys.stderr, flush=True)
     if not kept:
         raise DatasetError(f"none of the {len(files)} image files in {directory} could be read "
                            f"(e.g. {next(iter(skipped.values()))[0]})")
@@ -293,9 +304,10 @@ def decode_folder(directory: Path, files: list[str], size: int, channels: int | 
     return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), kept
 
 
-def cache_key(directory: Path, files: list[str], size: int, channels: int | None) -> str:
+def cache_key(directory: Path, files: list[str], size: int, channels: int | None, upscale: bool = False) -> str:
     """A digest of what the decoded pixels depend on: each file's path, size and mtime, and the options."""
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, size, channels]).encode())
+    options = [CACHE_VERSION, size, channels] + ([True] if upscale else [])  # the keys made before upscale stay
+    digest = hashlib.sha256(json.dumps(options).encode())
     for name in files:
         try:
             status = (directory / name).stat()
@@ -306,16 +318,17 @@ def cache_key(directory: Path, files: list[str], size: int, channels: int | None
 
 
 def cached_pixels(directory: Path, files: list[str], size: int, channels: int | None, cache_dir: Path,
-                  quiet: bool) -> tuple[np.ndarray, list[str]]:
+                  quiet: bool, upscale: bool = False) -> tuple[np.ndarray, list[str]]:
     """The decoded folder from the cache, or decoded now and written there."""
-    stem = cache_dir / f"folder-{directory.resolve().name}-{size}-{cache_key(directory, files, size, channels)}"
+    key = cache_key(directory, files, size, channels, upscale)
+    stem = cache_dir / f"folder-{directory.resolve().name}-{size}-{key}"
     pixels_file, files_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
     if pixels_file.exists() and files_file.exists():
         kept = json.loads(files_file.read_text())["files"]
         pixels = np.load(pixels_file)
         if pixels.shape[0] == len(kept):
             return pixels, kept
-    pixels, kept = decode_folder(directory, files, size, channels, quiet)
+    pixels, kept = decode_folder(directory, files, size, channels, quiet, upscale)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Written through temporary names, pixels first: a crash or a second process (torchrun ranks
     # decode side by side) never leaves a cache entry whose parts do not match.
@@ -329,8 +342,10 @@ def cached_pixels(directory: Path, files: list[str], size: int, channels: int | 
 
 
 def load_folder(data_dir: str | Path | None, split: str, image_size: int | None, channels: int | None = None,
-                limit: int | None = None, cache_dir: str | Path | None = None, quiet: bool = False) -> ImageDataset:
-    """A split ("train" or "test") of an image folder as uint8 [M, C, N, N], labels and class names."""
+                limit: int | None = None, cache_dir: str | Path | None = None, quiet: bool = False,
+                upscale: bool = False) -> ImageDataset:
+    """A split ("train" or "test") of an image folder as uint8 [M, C, N, N], labels and class names;
+    with `upscale`, images smaller than N are enlarged rather than refused."""
     if data_dir is None or image_size is None:
         raise DatasetError("--dataset folder needs --data-dir DIR and --image-size N")
     if not MIN_SIDE <= image_size <= IMAGE_SIDE[1]:
@@ -344,7 +359,7 @@ def load_folder(data_dir: str | Path | None, split: str, image_size: int | None,
     scan.report(directory)
     if not files:
         raise DatasetError(f"{directory} holds no image files ({', '.join(FORMATS)}), at its top or in subfolders")
-    pixels, kept = cached_pixels(directory, files, image_size, channels, Path(cache_dir or CACHE_DIR), quiet)
+    pixels, kept = cached_pixels(directory, files, image_size, channels, Path(cache_dir or CACHE_DIR), quiet, upscale)
     chosen = [i for i, name in enumerate(kept) if is_held_out(name) == (split == "test")]
     if not chosen:
         raise DatasetError(f"no image of {directory}'s {len(kept)} falls in its {split} split "

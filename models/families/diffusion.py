@@ -110,7 +110,7 @@ class Diffusion(ClassCodedLatent):
     likelihood_method = ("negative variational bound (Kingma et al. 2021's discrete-time form): the prior at "
                          "log-SNR -15, the config's bound_steps denoising steps evenly spaced in log-SNR, and a "
                          "discrete decoder over the 256 levels at log-SNR 15; one noise draw per step, fixed seed")
-    likelihood_test_images = 1000  # bound_steps passes an image: evaluation scores the first 1,000
+    likelihood_test_images = 500  # bound_steps passes an image: evaluation scores the first 500
     averaged_weights = True  # ships an exponential moving average of its weights (--ema)
 
     def __init__(self, config: DiffusionConfig):

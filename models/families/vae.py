@@ -5,15 +5,20 @@ on the 256 gray levels, integrated over each level's bin (the edge bins take the
 ELBO is a true lower bound on the log-probability of the 8-bit data and its bits/dim compare
 directly with PixelCNN's. `decode` returns the decoder's mean image, which is what one shows.
 
-With `prior_components > 0` the prior of z is a mixture of that many full-covariance Gaussians,
-fitted by EM to the encoder's codes of the training set once gradient training is done
+With `prior_components > 0` the prior of z is a mixture of up to that many full-covariance
+Gaussians, fitted by EM to the encoder's codes of the training set once gradient training is done
 (`fit_after_training`, called by `models.train`): samples then come from where the codes are, and
-the ELBO, with the mixture as p(z), stays a true bound. `python -m models.train vae --init-from
-weights/vae --set prior_components=50` fits one to a trained VAE.
+the ELBO, with the mixture as p(z), stays a true bound. A tenth of the training images is held out
+to choose it: the mixture (of 1, 4, 16 ... up to `prior_components` Gaussians) whose held-out codes
+score best is kept only if it beats N(0, I) on them; else the prior stays N(0, I) (the card's
+config then says `prior_components: 0`, and `training.after_training` which was kept and why).
+`python -m models.train vae --init-from weights/vae --set prior_components=50` fits one to a
+trained VAE.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -24,7 +29,11 @@ from models.card import MAX_LATENT_DIM
 from models.data import to_float
 from models.families.discretized_logistic import discretized_logistic_log_prob
 from models.families.latent import LatentModel, check_resolution, resolution_stages
-from models.families.mixture import GaussianMixture
+from models.families.mixture import STANDARD, GaussianMixture, choose_prior
+
+PRIOR_HELD_OUT = 0.1  # of the training images, to choose the prior on
+MIN_PRIOR_IMAGES = 10  # held out, and to fit on, at least
+HELD_OUT_DRAWS = 8  # posterior draws per held-out image: a steadier score on a small folder
 
 
 @dataclass
@@ -155,15 +164,49 @@ class VAE(LatentModel):
     @torch.no_grad()
     def fit_after_training(self, images: torch.Tensor, labels: torch.Tensor, quiet: bool = False, seed: int = 0) -> dict:
         """Fit the mixture prior (if the config has one) to the aggregate posterior q(z) = E_x q(z|x)
-        of the training images (uint8 [N, C, H, W]): one draw of z per image. Fitted to the draws
-        rather than to the posterior means, it tightens the ELBO (the prior that maximises it is
-        q(z) itself), and its samples score no worse."""
+        of the training images (uint8 [N, C, H, W]), and keep it only if it beats N(0, I) on held-out
+        images (`mixture.choose_prior`); the config's `prior_components` becomes the number kept
+        (0: N(0, I)). Fitted to posterior draws, one per image, rather than to the means, a mixture
+        tightens the ELBO (the prior that maximises it is q(z) itself). Returns what was kept and why."""
         if self.prior is None:
             return {}
+        configured = self.config.prior_components
+        record = {"configured_components": configured}
+        fit_codes, held_codes = self.prior_codes(images, seed)
+        if len(held_codes) == 0:
+            self._keep_prior(None)
+            return {"prior": STANDARD, **record, "why": f"{len(images)} training images are too few to hold out "
+                    f"{MIN_PRIOR_IMAGES} and fit a mixture to {MIN_PRIOR_IMAGES} more: a fit could not be checked"}
+        prior, scores = choose_prior(fit_codes, held_codes, configured, quiet)
+        self._keep_prior(prior)
+        kept = STANDARD if prior is None else f"mixture of {len(prior.means)}"
+        return {"prior": kept, **record, "fitted_images": len(fit_codes),
+                "held_out_images": len(held_codes) // HELD_OUT_DRAWS, "held_out_mean_log_prior": scores,
+                "why": f"the best held-out mean log prior density of {len(scores)} candidates (nats per code, "
+                       f"{HELD_OUT_DRAWS} posterior draws per held-out image)"}
+
+    @torch.no_grad()
+    def prior_codes(self, images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior draws of z for choosing the prior: (one per image to fit it on [N, d],
+        HELD_OUT_DRAWS per held-out image [M * HELD_OUT_DRAWS, d]), the held-out images a random
+        tenth (at least MIN_PRIOR_IMAGES; none when fewer than twice that are given)."""
         device = next(self.parameters()).device
         generator = torch.Generator().manual_seed(seed)
-        codes = []
-        for start in range(0, len(images), 1000):
+        n = len(images)
+        held = max(MIN_PRIOR_IMAGES, round(PRIOR_HELD_OUT * n)) if n >= 2 * MIN_PRIOR_IMAGES else 0
+        order = torch.randperm(n, generator=generator)
+        mus, stds = [], []
+        for start in range(0, n, 1000):
             mu, logvar = (t.cpu() for t in self.encode(to_float(images[start:start + 1000]).to(device)))
-            codes.append(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator))
-        return {"prior_mean_log_density": round(self.prior.fit(torch.cat(codes), quiet=quiet), 4)}
+            mus.append(mu)
+            stds.append(torch.exp(0.5 * logvar))
+        mu, std = torch.cat(mus)[order], torch.cat(stds)[order]
+        fit = mu[held:] + std[held:] * torch.randn(mu[held:].shape, generator=generator)
+        draws = torch.randn(HELD_OUT_DRAWS, *mu[:held].shape, generator=generator)
+        return fit, (mu[:held] + std[:held] * draws).flatten(0, 1)
+
+    def _keep_prior(self, prior: GaussianMixture | None) -> None:
+        """Make `prior` (None: N(0, I)) this model's, its size in the config that rebuilds it."""
+        device = next(self.parameters()).device
+        self.prior = None if prior is None else prior.to(device)
+        self.config = dataclasses.replace(self.config, prior_components=0 if prior is None else len(prior.means))

@@ -11,6 +11,8 @@ families: the settings that produced the shipped
 weights); flags override them. Every epoch (and every `--save-minutes` within one) the training
 state goes to `--state-dir` for `--resume`, and the weights, card and a sample grid to `--out`.
 A run replaces only a checkpoint and a state it wrote, or with --overwrite (models/training/targets.py).
+`--minutes` ends a run by its budget, not by the preset's epochs (models/training/budget.py); the
+figures go to `--state-dir` as metrics.csv and TensorBoard events (models/training/metrics_log.py).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from models.data.augment import parse_policy
 from models.checkpoint import build_model, load_checkpoint, resolve_device, save_checkpoint
 from models.data import DATASETS, FOLDER, DatasetError, load_dataset, to_float
 from models.families import FAMILIES, FamilyError, discover_from_environment
 from models.grid import make_grid, png_bytes
+from models.training.budget import RunBar, budget_line, budget_time, run_done, run_over
+from models.training.metrics_log import LOG_EVERY, MetricsLog
 from models.training.targets import check_writable, claim, load_state, new_run_id, save_state
 from models.training.trainers import PRECISIONS, TRAINERS, extend_model
 
@@ -61,18 +64,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, choices=[1, 3],
                         help="folder: 1 gray, 3 colour (default: 3 when any image has colour)")
     parser.add_argument("--cache-dir", type=Path, help="folder: where its decoded pixels are kept (default runs/cache)")
+    parser.add_argument("--upscale", action="store_true",
+                        help="folder: enlarge images smaller than --image-size (Lanczos) instead of refusing them")
     parser.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in all")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--lr-decay", type=float, help="learning rate multiplier per epoch (--lr-schedule exponential)")
+    parser.add_argument("--lr-decay", type=float, help="learning rate multiplier per epoch (--lr-schedule exponential; "
+                        "a run that --minutes ends spreads the decay of the preset's epochs over its budget)")
     parser.add_argument("--lr-schedule", choices=["exponential", "linear"],
                         help="exponential: times --lr-decay each epoch; linear: down to zero at the end of the "
                              "run (--epochs, --max-steps or --minutes, whichever comes first)")
     parser.add_argument("--minutes", type=float,
                         help="stop after this much training-loop time: CPU time per thread on the CPU (on a quiet "
-                             "machine, the wall time; on a busy one, the compute the run was given), wall time on a GPU")
+                             "machine, the wall time; on a busy one, the compute the run was given), wall time on a "
+                             "GPU. It replaces the preset's epochs: give --epochs as well to cap the run by both")
     parser.add_argument("--beta1", type=float)
     parser.add_argument("--grad-clip", type=float)
     parser.add_argument("--ema", type=float, help="generator EMA decay (dcgan)")
@@ -101,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    epochs_given = args.epochs is not None
 
     preset_path = args.preset or FAMILIES[args.family].preset_path()
     preset = json.loads(preset_path.read_text()) if preset_path.exists() else {}
@@ -113,6 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.preset_epochs = args.epochs
+    if args.minutes and not epochs_given:
+        args.epochs = None  # the budget ends the run (a small folder's epoch is a few steps)
     try:
         parse_policy(args.augment)
     except ValueError as e:
@@ -129,20 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def learning_rate(args: argparse.Namespace, progress: dict, batches_per_epoch: int) -> float:
     """The learning rate for the next step: exponential per epoch, or linear to zero at the end of
-    whichever budget ends the run first (a budgeted schedule, Li et al. 2020)."""
+    whichever limit ends the run first (a budgeted schedule, Li et al. 2020). Where the budget
+    alone ends it, the exponential decay is the preset's epochs' decay, spread over the budget."""
+    done = run_done(args, progress, batches_per_epoch)
     if args.lr_schedule == "exponential":
-        return args.lr * args.lr_decay ** progress["epoch"]
-    done = (progress["epoch"] + progress["batch"] / batches_per_epoch) / args.epochs
-    if args.max_steps:
-        done = max(done, progress["step"] / args.max_steps)
-    if args.minutes:
-        done = max(done, budget_time(progress) / (args.minutes * 60))
+        return args.lr * args.lr_decay ** (progress["epoch"] if args.epochs is not None else args.preset_epochs * done)
     return args.lr * max(0.0, 1.0 - done)
-
-
-def budget_time(progress: dict) -> float:
-    """The time `--minutes` counts; states saved before CPU time was kept count wall time."""
-    return progress.get("budget_time_s", progress["wall_time_s"])
 
 
 def hardware(device: torch.device) -> str:
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit, image_size=args.image_size,
-                             channels=args.channels, cache_dir=args.cache_dir, quiet=args.quiet or not is_main)
+                             channels=args.channels, cache_dir=args.cache_dir, quiet=args.quiet or not is_main,
+                             upscale=args.upscale)
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from None
     model_config = {"image_shape": list(train.image_shape), **args.model_config}
@@ -224,21 +228,27 @@ def main(argv: list[str] | None = None) -> None:
 
     target = claim(args, state)  # before any training: never replace what this run was not asked to
     progress.setdefault("run", new_run_id())
+    if is_main:
+        print(budget_line(args, device, batches_per_epoch), flush=True)
+    log = MetricsLog(args.state_dir, progress["run"], progress["step"] if state else None, enabled=is_main)
 
-    def save() -> None:
+    def save(after_training: dict | None = None) -> None:
         """The checkpoint, then the state: a run killed between them resumes from the state before,
-        onto a checkpoint that is its own."""
+        onto a checkpoint that is its own. With what was fitted after training, the checkpoint only:
+        a resumed run fits it again from the state (whose modules keep the shapes the run began with)."""
         if not is_main:
             return
         rng = torch.get_rng_state()  # a save leaves the run's randomness as it found it
         exported = trainer.export()
         # A glance at every save (on a small folder, saves within epochs are the only ones for long)
         preview = sample_preview(exported)
+        grid = None if preview is None else make_grid(preview, nrow=8)
         target.check()
         card = save_checkpoint(exported, args.out, {
             "name": args.name or args.out.name,
             "dataset": args.dataset,
             **({"data_dir": args.data_dir} if args.dataset == FOLDER else {}),
+            **({"upscale": True} if args.upscale else {}),  # evaluation reloads the data as trained on
             "classes": train.classes,
             "image_shape": list(train.image_shape),
             "background": train.background,
@@ -259,24 +269,26 @@ def main(argv: list[str] | None = None) -> None:
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "run": progress["run"],
                 **trainer.record(),
+                **({"after_training": after_training} if after_training else {}),
             },
             "metrics": {},
-        }, extra_files={} if preview is None else {"samples.png": png_bytes(make_grid(preview, nrow=8))})
+        }, extra_files={} if grid is None else {"samples.png": png_bytes(grid)})
         target.wrote(card["sha256"])
-        save_state({"trainer": trainer.state_dict(), "progress": progress, "noise": noise.get_state(), "rng": rng},
-                   state_file)
+        if grid is not None:
+            log.image(grid, progress["step"])
+        if after_training is None:
+            save_state({"trainer": trainer.state_dict(), "progress": progress, "noise": noise.get_state(),
+                        "rng": rng}, state_file)
         torch.set_rng_state(rng)
 
+    bar = RunBar(args, progress, batches_per_epoch, disable=args.quiet or not is_main)
     last_save = time.monotonic()
-    done = False
-    while progress["epoch"] < args.epochs and not done:
+    while not run_over(args, progress):
         epoch = progress["epoch"]
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed * 7919 + epoch))
-        bar = tqdm(range(progress["batch"], batches_per_epoch), desc=f"{args.family} epoch {epoch + 1}/{args.epochs}",
-                   disable=args.quiet or not is_main, mininterval=5, dynamic_ncols=True)
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}  # a figure logged on some steps only (a GAN's loss_g) averages over those
-        for batch in bar:
+        for batch in range(progress["batch"], batches_per_epoch):
             start, start_cpu = time.monotonic(), time.process_time()
             rate = learning_rate(args, progress, batches_per_epoch)
             for optimizer in trainer.optimizers():
@@ -297,11 +309,12 @@ def main(argv: list[str] | None = None) -> None:
             for k, v in logs.items():
                 totals[k] = totals.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-            if batch % 20 == 0:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-            if (args.max_steps and progress["step"] >= args.max_steps
-                    or args.minutes and budget_time(progress) >= args.minutes * 60):
-                done = True
+            log.add(logs)
+            bar.update(progress, logs)
+            over = run_over(args, progress)
+            if over or progress["step"] % LOG_EVERY == 0 or batch + 1 == batches_per_epoch:
+                log.row(progress, rate, batches_per_epoch, budget_time(progress))
+            if over:
                 break
             if time.monotonic() - last_save > args.save_minutes * 60 and batch + 1 < batches_per_epoch:
                 save()
@@ -311,22 +324,22 @@ def main(argv: list[str] | None = None) -> None:
             progress["epoch"] += 1
             progress["batch"] = 0
             if is_main:
-                print(json.dumps({"event": "epoch", "family": args.family, **progress["history"][-1],
-                                  "step": progress["step"], "wall_time_s": round(progress["wall_time_s"])}),
-                      flush=True)
+                bar.write(json.dumps({"event": "epoch", "family": args.family, **progress["history"][-1],
+                                      "step": progress["step"], "wall_time_s": round(progress["wall_time_s"])}))
         # An epoch of a small folder takes seconds: save as often as --save-minutes asks, and at the end.
-        finished = done or progress["epoch"] >= args.epochs
-        if finished or time.monotonic() - last_save > args.save_minutes * 60:
+        if run_over(args, progress) or time.monotonic() - last_save > args.save_minutes * 60:
             save()
             last_save = time.monotonic()
+    bar.close()
     # Parts that gradients do not train (a VAE's mixture prior) are fitted once training is done,
     # all epochs or a budget (--minutes, --max-steps) spent; a resumed run fits them again.
     # The trained module itself: a trainer's export() may do work of its own (a GAN's batchnorm).
-    if is_main and (done or progress["epoch"] >= args.epochs):
+    if is_main:
         fitted = model.fit_after_training(train.images, train.labels, quiet=args.quiet)
         if fitted:
             print(json.dumps({"event": "fitted after training", "family": args.family, **fitted}), flush=True)
-            save()
+            save(after_training=fitted)
+    log.close()
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
