@@ -78,7 +78,14 @@ async def serving(weights_dir, pass_delay_s: float = 0, **settings):
     """An httpx client of a fresh app (lifespan run: models loaded, worker started); with
     `pass_delay_s`, its worker a SlowWorker."""
     worker = functools.partial(SlowWorker, pass_delay_s=pass_delay_s) if pass_delay_s else Worker
-    app = create_app(Settings(weights_dir=weights_dir, threads=THREADS, **settings), worker)
+    async with serving_with(weights_dir, worker, **settings) as client:
+        yield client
+
+
+@asynccontextmanager
+async def serving_with(weights_dir, worker_factory, **settings):
+    """An httpx client of a fresh app whose worker `worker_factory` makes (lifespan run)."""
+    app = create_app(Settings(weights_dir=weights_dir, threads=THREADS, **settings), worker_factory)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:

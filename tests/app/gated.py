@@ -1,7 +1,7 @@
 """An app in process whose worker the test controls, for tests that must not depend on how fast
 this machine runs a model (no sleep stands as proof of anything):
 
-    async with serving_with(weights_dir, GatedWorker, request_timeout_s=0.5) as client:
+    async with apptest.serving_with(weights_dir, GatedWorker, request_timeout_s=0.5) as client:
         ...                                   # every forward pass waits at client.app.state.worker.gate
         client.app.state.worker.gate.set()    # until the test opens it
 """
@@ -9,14 +9,9 @@ this machine runs a model (no sleep stands as proof of anything):
 from __future__ import annotations
 
 import threading
-from contextlib import asynccontextmanager
 
-import httpx
-
-from app.config import Settings
-from app.main import create_app
 from app.worker import Worker
-from tests.app.apptest import DEADLINE_S, THREADS
+from tests.app.apptest import DEADLINE_S
 
 
 class GatedWorker(Worker):
@@ -36,14 +31,3 @@ class GatedWorker(Worker):
     def stop(self, timeout: float = 30.0) -> None:
         self.gate.set()  # a pass still held finishes, and the thread ends
         super().stop(timeout)
-
-
-@asynccontextmanager
-async def serving_with(weights_dir, worker_factory, **settings):
-    """An httpx client of a fresh app whose worker `worker_factory` makes (lifespan run)."""
-    app = create_app(Settings(weights_dir=weights_dir, threads=THREADS, **settings), worker_factory)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:
-            client.app = app
-            yield client

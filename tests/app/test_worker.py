@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.metrics import Metrics
 from app.worker import Worker
-from apptest import b64png, encode_png, held, max_diff, metric, serving, until_async
-from gated import serving_with
+from apptest import b64png, encode_png, held, max_diff, metric, serving, serving_with, until_async
 from models.checkpoint import build_model, load_checkpoint, read_card, save_checkpoint, write_card
 
 pytestmark = pytest.mark.anyio

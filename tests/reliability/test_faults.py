@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from models.checkpoint import sha256_file, update_card
-from tests.app.apptest import metric, until_async
-from tests.app.gated import GatedWorker, serving_with
+from tests.app.apptest import metric, serving_with, until_async
+from tests.app.gated import GatedWorker
 
 
 async def _metric(client, name: str, **labels) -> float:
